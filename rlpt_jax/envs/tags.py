@@ -1,0 +1,210 @@
+"""Tolerant parser for the search-QA tag protocol (AT²PO / Search-R1 style).
+
+A response is free text with four tag pairs::
+
+    <think>…</think>            reasoning (optional, must be balanced)
+    <search>query</search>      a tool call; generation stops at </search>
+    <result>…</result>          tool output inserted by the environment (masked)
+    <answer>… \\boxed{X} …</answer>   the final answer, exactly once
+
+Every function here accepts any string and never raises: malformed model output is
+something to report and count (``check_format`` returns a reason), not an exception.
+Text inside ``<result>`` blocks is tool output, not model output, so tags that happen
+to appear in retrieved passages are ignored by the format check.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "TAG_NAMES",
+    "Tag",
+    "scan_tags",
+    "ends_with_search",
+    "extract_search_query",
+    "has_answer",
+    "extract_answer_block",
+    "extract_boxed",
+    "extract_final_answer",
+    "check_format",
+]
+
+TAG_NAMES = ("think", "search", "result", "answer")
+_TAG_RE = re.compile(r"<(/?)(think|search|result|answer)>")
+_BOXED = "\\boxed"
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One protocol tag found in a text: its name, whether it closes, and its span."""
+
+    name: str
+    closing: bool
+    start: int
+    end: int
+
+
+def scan_tags(text: str) -> list[Tag]:
+    """All protocol tags in ``text``, in order (exact lowercase spelling, no attributes)."""
+    if not isinstance(text, str):
+        return []
+    return [
+        Tag(name=m.group(2), closing=bool(m.group(1)), start=m.start(), end=m.end())
+        for m in _TAG_RE.finditer(text)
+    ]
+
+
+def ends_with_search(turn_text: str) -> bool:
+    """True when the turn stops at a ``</search>`` tag (trailing whitespace allowed)."""
+    return isinstance(turn_text, str) and turn_text.rstrip().endswith("</search>")
+
+
+def extract_search_query(turn_text: str) -> str | None:
+    """The query of the ``<search>…</search>`` block that ends this turn.
+
+    Returns the stripped query (possibly ``""``), or ``None`` when the turn does not end
+    with ``</search>`` or that closing tag has no opening ``<search>`` before it. Nested
+    openings (``<search>a <search>b</search>``) resolve to the innermost, last one.
+    """
+    if not ends_with_search(turn_text):
+        return None
+    body = turn_text.rstrip()[: -len("</search>")]
+    open_at = body.rfind("<search>")
+    if open_at < 0:
+        return None
+    return body[open_at + len("<search>") :].strip()
+
+
+def has_answer(text: str) -> bool:
+    """True when the text contains a complete ``<answer>…</answer>`` block."""
+    return extract_answer_block(text) is not None
+
+
+def extract_answer_block(text: str) -> str | None:
+    """Content of the last complete ``<answer>…</answer>`` block, or ``None``."""
+    if not isinstance(text, str):
+        return None
+    close_at = text.rfind("</answer>")
+    if close_at < 0:
+        return None
+    open_at = text.rfind("<answer>", 0, close_at)
+    if open_at < 0:
+        return None
+    return text[open_at + len("<answer>") : close_at]
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{…}`` in ``text``, with nested braces matched.
+
+    ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``. Whitespace between ``\\boxed`` and
+    ``{`` is allowed. Returns ``None`` if there is no complete (brace-balanced) box.
+    """
+    if not isinstance(text, str):
+        return None
+    search_end = len(text)
+    while True:
+        at = text.rfind(_BOXED, 0, search_end)
+        if at < 0:
+            return None
+        content = _braced_content(text, at + len(_BOXED))
+        if content is not None:
+            return content
+        search_end = at
+
+
+def _braced_content(text: str, pos: int) -> str | None:
+    """Content of the ``{…}`` group starting at ``pos`` (after optional spaces)."""
+    while pos < len(text) and text[pos] in " \t":
+        pos += 1
+    if pos >= len(text) or text[pos] != "{":
+        return None
+    depth = 0
+    i = pos
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2  # \{ and \} are literal braces, not grouping
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[pos + 1 : i]
+        i += 1
+    return None
+
+
+def extract_final_answer(response: str) -> str | None:
+    """The boxed answer inside the last ``<answer>`` block, stripped; ``None`` if absent."""
+    block = extract_answer_block(response)
+    if block is None:
+        return None
+    boxed = extract_boxed(block)
+    return None if boxed is None else boxed.strip()
+
+
+def check_format(response: str) -> tuple[bool, str]:
+    """Check a full response against the protocol; returns ``(ok, reason)``.
+
+    Rules (AT²PO paper): ``<think>`` tags balanced and not nested; exactly one
+    ``<answer>`` block, after every tool call; each ``<search>…</search>`` followed by
+    ``<result>…</result>`` before the next search or the answer; no result without a
+    search; ``\\boxed{…}`` present inside the answer. ``reason`` is ``"ok"`` on success.
+    """
+    if not isinstance(response, str):
+        return False, "response is not a string"
+    # States: what we are inside of, and what the search/result pairing expects next.
+    inside: str | None = None  # "think" | "search" | "answer"
+    expect_result = False
+    answers = 0
+    answer_closed = False
+    tags = scan_tags(response)
+    i = 0
+    while i < len(tags):
+        tag = tags[i]
+        if tag.name == "result":
+            if tag.closing:
+                return False, "</result> without <result>"
+            if not expect_result or inside is not None:
+                return False, "<result> not preceded by a search"
+            # Skip the tool output: tags inside retrieved text are not the model's.
+            j = i + 1
+            while j < len(tags) and not (tags[j].name == "result" and tags[j].closing):
+                j += 1
+            if j == len(tags):
+                return False, "<result> not closed"
+            expect_result = False
+            i = j + 1
+            continue
+        if not tag.closing:
+            if inside is not None:
+                return False, f"<{tag.name}> opened inside <{inside}>"
+            if tag.name in ("search", "answer") and expect_result:
+                return False, f"<{tag.name}> before the previous search got a <result>"
+            if answer_closed and tag.name in ("search", "answer"):
+                return False, f"<{tag.name}> after the answer"
+            if tag.name == "answer":
+                answers += 1
+            inside = tag.name
+        else:
+            if inside != tag.name:
+                return False, f"</{tag.name}> without matching <{tag.name}>"
+            inside = None
+            if tag.name == "search":
+                expect_result = True
+            elif tag.name == "answer":
+                answer_closed = True
+        i += 1
+    if inside is not None:
+        return False, f"<{inside}> not closed"
+    if expect_result:
+        return False, "search without a <result>"
+    if answers != 1:
+        return False, f"expected exactly one answer block, found {answers}"
+    block = extract_answer_block(response)
+    if block is None or extract_boxed(block) is None:
+        return False, "no \\boxed{} in the answer"
+    return True, "ok"
