@@ -1,0 +1,334 @@
+"""One decoder-only transformer in Flax NNX for Llama 3, SmolLM2, Qwen2/2.5 and Qwen3.
+
+Shape legend: B batch, T query length, S key/cache length, D model width, F MLP width,
+N query heads, K kv heads, G = N / K query heads per kv head, H head dim, V vocab,
+L layers.
+
+Family differences are flags of ``ModelConfig``: Qwen2 adds q/k/v biases, Qwen3 an RMSNorm
+per head on q and k before RoPE, Llama 3 rescales RoPE frequencies ("llama3"), SmolLM2
+ties the output head to the embedding.
+
+Attention masking is position based, which makes one code path serve training, prefill,
+decode and forked branches:
+* without a cache, query i attends to key j iff ``segment[j] == segment[i] != 0`` and
+  ``j <= i`` (segment ids come from an attention mask or packing);
+* with a cache, every cache slot remembers the position of the token written there
+  (``-1`` = empty), and a query at position p attends to slots with ``0 <= pos <= p``.
+  A padding query (position -1) writes an empty slot and its output is garbage that the
+  caller ignores. Masked logits use a large finite negative so no row is ever NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlpt_jax.models.config import ModelConfig
+
+_NEG = -1e30
+
+
+def _dtype(name: str):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Explicit KV cache, passed into and returned from the model.
+
+    k, v: [L, B, S, K, H] in the cache dtype; pos: [B, S] int32 position id of the token in
+    each slot, -1 where empty. Forking a prefix into branches is a gather along B.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
+        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            pos=jnp.full((batch, length), -1, jnp.int32),
+        )
+
+    @staticmethod
+    def nbytes(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> int:
+        per = cfg.num_layers * batch * length * cfg.num_kv_heads * cfg.head_dim
+        return 2 * per * jnp.dtype(dtype).itemsize + batch * length * 4
+
+    def take(self, rows: jax.Array) -> KVCache:
+        """Rows ``rows`` of the cache (fork: the same row repeated)."""
+        return KVCache(k=self.k[:, rows], v=self.v[:, rows], pos=self.pos[rows])
+
+
+def _param(init, rngs: nnx.Rngs, shape, dtype, axes: tuple[str | None, ...]) -> nnx.Param:
+    assert len(axes) == len(shape), (axes, shape)
+    return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x²) + eps) · w, computed in float32 (as Hugging Face does)."""
+
+    def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
+        self.eps = eps
+        self.weight = _param(nnx.initializers.ones, rngs, (dim,), param_dtype, ("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.weight[...].astype(jnp.float32) * y.astype(x.dtype)).astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+    """RoPE inverse frequencies [H/2], with Llama 3 frequency-band rescaling if configured."""
+    h = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    sc = cfg.rope_scaling_dict
+    if sc is None or sc.get("rope_type", sc.get("type")) != "llama3":
+        return inv
+    factor = float(sc["factor"])
+    low, high = float(sc["low_freq_factor"]), float(sc["high_freq_factor"])
+    old_len = float(sc["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(is_medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate-half RoPE. x: [B, T, *, H]; positions: [B, T]."""
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    cos = jnp.cos(emb)[:, :, None, :]
+    sin = jnp.sin(emb)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        pd = _dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(0.02)
+        self.cfg = cfg
+        self.q_proj = _param(init, rngs, (d, n, h), pd, ("embed", "q_heads", "head_dim"))
+        self.k_proj = _param(init, rngs, (d, k, h), pd, ("embed", "kv_heads", "head_dim"))
+        self.v_proj = _param(init, rngs, (d, k, h), pd, ("embed", "kv_heads", "head_dim"))
+        self.o_proj = _param(init, rngs, (n, h, d), pd, ("q_heads", "head_dim", "embed"))
+        zeros = nnx.initializers.zeros
+        if cfg.qkv_bias:
+            self.q_bias = _param(zeros, rngs, (n, h), pd, ("q_heads", "head_dim"))
+            self.k_bias = _param(zeros, rngs, (k, h), pd, ("kv_heads", "head_dim"))
+            self.v_bias = _param(zeros, rngs, (k, h), pd, ("kv_heads", "head_dim"))
+        if cfg.o_bias:
+            self.o_bias = _param(zeros, rngs, (d,), pd, ("embed",))
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs)
+            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs)
+
+    def __call__(self, x, positions, inv_freq, mask_fn, layer_cache):
+        cfg = self.cfg
+        dt = x.dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...].astype(dt))
+        k = jnp.einsum("BTD,DKH->BTKH", x, self.k_proj[...].astype(dt))
+        v = jnp.einsum("BTD,DKH->BTKH", x, self.v_proj[...].astype(dt))
+        if cfg.qkv_bias:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+
+        if layer_cache is not None:
+            ck, cv, write_idx = layer_cache
+            ck = _write_rows(ck, k.astype(ck.dtype), write_idx)
+            cv = _write_rows(cv, v.astype(cv.dtype), write_idx)
+            keys, values = ck.astype(dt), cv.astype(dt)
+            new_cache = (ck, cv)
+        else:
+            keys, values, new_cache = k, v, None
+
+        b, t, n, h = q.shape
+        kk = cfg.num_kv_heads
+        qg = q.reshape(b, t, kk, n // kk, h)
+        logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, keys).astype(jnp.float32)
+        logits = logits * (1.0 / math.sqrt(h))
+        allowed = mask_fn()  # [B, T, S]
+        logits = jnp.where(allowed[:, None, None], logits, _NEG)
+        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values).reshape(b, t, n, h)
+        y = jnp.einsum("BTNH,NHD->BTD", out, self.o_proj[...].astype(dt))
+        if cfg.o_bias:
+            y = y + self.o_bias[...].astype(dt)
+        return y, new_cache
+
+
+def _write_rows(cache: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """cache [B, S, K, H] ← new [B, T, K, H] at per-row slot offsets start [B]."""
+
+    def one(c, n, s):
+        return jax.lax.dynamic_update_slice_in_dim(c, n, s, axis=0)
+
+    return jax.vmap(one)(cache, new, start)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(x·gate) ⊙ (x·up))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        pd = _dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(0.02)
+        self.gate_proj = _param(init, rngs, (d, f), pd, ("embed", "mlp"))
+        self.up_proj = _param(init, rngs, (d, f), pd, ("embed", "mlp"))
+        self.down_proj = _param(init, rngs, (f, d), pd, ("mlp", "embed"))
+
+    def __call__(self, x):
+        dt = x.dtype
+        g = jnp.einsum("BTD,DF->BTF", x, self.gate_proj[...].astype(dt))
+        u = jnp.einsum("BTD,DF->BTF", x, self.up_proj[...].astype(dt))
+        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(g) * u, self.down_proj[...].astype(dt))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pd = _dtype(cfg.param_dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, positions, inv_freq, mask_fn, layer_cache):
+        a, new_cache = self.self_attn(
+            self.input_layernorm(x), positions, inv_freq, mask_fn, layer_cache
+        )
+        x = x + a
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, new_cache
+
+
+class Decoder(nnx.Module):
+    """The language model. ``__call__`` returns (logits [B, T, V] float32, cache or None)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = _dtype(cfg.param_dtype)
+        self.embed_tokens = _param(
+            nnx.initializers.normal(0.02), rngs, (cfg.vocab_size, cfg.hidden_size), pd,
+            ("vocab", "embed"),
+        )
+        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(
+                nnx.initializers.normal(0.02), rngs, (cfg.hidden_size, cfg.vocab_size), pd,
+                ("embed", "vocab"),
+            )
+
+    def hidden(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        *,
+        segment_ids: jax.Array | None = None,
+        cache: KVCache | None = None,
+        write_index: jax.Array | None = None,
+        remat: bool = False,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache.
+
+        tokens, positions: [B, T] int. Without a cache, ``segment_ids`` [B, T] (0 = padding;
+        default all ones) restricts attention to the same segment, causally. With a cache,
+        the T tokens are written at per-row slots ``write_index .. write_index+T`` ([B];
+        default 0) and attend to every filled slot whose position is not later than theirs.
+        """
+        cfg = self.cfg
+        dt = _dtype(cfg.dtype)
+        x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(dt)
+        inv_freq = rope_inv_freq(cfg)
+        b, t = tokens.shape
+
+        if cache is None:
+            seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
+            idx = jnp.arange(t)
+            causal = idx[None, :, None] >= idx[None, None, :]
+            same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+            allowed = causal & same
+            new_pos = None
+        else:
+            if write_index is None:
+                write_index = jnp.zeros((b,), jnp.int32)
+            new_pos = jax.vmap(
+                lambda p, n, s: jax.lax.dynamic_update_slice_in_dim(p, n, s, axis=0)
+            )(cache.pos, positions.astype(jnp.int32), write_index)
+            key_pos = new_pos[:, None, :]
+            allowed = (key_pos >= 0) & (key_pos <= positions[:, :, None])
+
+        def mask_fn():
+            return allowed
+
+        def run_block(block, x, layer_cache):
+            return block(x, positions, inv_freq, mask_fn, layer_cache)
+
+        if remat:
+            run_block = nnx.remat(run_block)
+
+        new_k, new_v = [], []
+        for i, block in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i], write_index)
+            x, lc = run_block(block, x, layer_cache)
+            if lc is not None:
+                new_k.append(lc[0])
+                new_v.append(lc[1])
+        x = self.norm(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), pos=new_pos)
+        return x, new_cache
+
+    def unembed_matrix(self) -> jax.Array:
+        """[D, V] output projection (the transposed embedding when tied)."""
+        if self.cfg.tie_word_embeddings:
+            return self.embed_tokens[...].T
+        return self.lm_head[...]
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """h [..., D] → float32 logits [..., V]."""
+        w = self.unembed_matrix().astype(h.dtype)
+        return jnp.einsum("...D,DV->...V", h, w).astype(jnp.float32)
+
+    def __call__(self, tokens, positions, *, segment_ids=None, attention_mask=None,
+                 cache=None, write_index=None, remat=False):
+        if attention_mask is not None:
+            if segment_ids is not None:
+                raise ValueError("give either attention_mask or segment_ids, not both")
+            segment_ids = attention_mask.astype(jnp.int32)
+        h, cache = self.hidden(
+            tokens, positions, segment_ids=segment_ids, cache=cache,
+            write_index=write_index, remat=remat,
+        )
+        return self.logits(h), cache
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
+    """A randomly initialised model (tests, benchmarks)."""
+    return Decoder(cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: ModelConfig) -> Decoder:
+    """The model's structure with ShapeDtypeStruct leaves: nothing is allocated."""
+    return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
