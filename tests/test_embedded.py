@@ -1,0 +1,76 @@
+"""The embedded SmolLM2: conversion from GGUF and logits against transformers."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from rlpt_jax import assets
+from rlpt_jax.models.hf_io import load_hf
+
+SENTENCE = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, "
+    "France. It is named after the engineer Gustave Eiffel, whose company designed "
+    "and built the tower from 1887 to 1889."
+)
+
+
+@pytest.fixture(scope="module")
+def hf_from_gguf():
+    from transformers import AutoModelForCausalLM
+
+    p = assets.smollm2_gguf_path()
+    return AutoModelForCausalLM.from_pretrained(
+        str(p.parent), gguf_file=p.name, torch_dtype=torch.float32
+    ).eval()
+
+
+def test_conversion_equals_transformers_gguf_reader(embedded_model_dir, hf_from_gguf):
+    ref = {k: v.detach().float().numpy() for k, v in hf_from_gguf.state_dict().items()}
+    with safe_open(embedded_model_dir / "model.safetensors", "np") as f:
+        ours = {k: f.get_tensor(k) for k in f.keys()}
+    ref.pop("lm_head.weight")  # tied: transformers exposes the embedding twice
+    assert set(ours) == set(ref)
+    for name in ours:
+        assert ours[name].shape == ref[name].shape, name
+        assert np.max(np.abs(ours[name] - ref[name])) <= 1e-6, name
+
+
+def test_unpermute_is_inverse_of_llama_cpp_permute():
+    from rlpt_jax.models.embedded import unpermute_rows
+
+    heads, hd, d = 3, 8, 5
+    w = np.arange(heads * hd * d, dtype=np.float32).reshape(heads * hd, d)
+    # llama.cpp's converter: per head, [2, H/2] rows -> [H/2, 2]
+    permuted = w.reshape(heads, 2, hd // 2, d).swapaxes(1, 2).reshape(w.shape)
+    assert not np.array_equal(permuted, w)
+    np.testing.assert_array_equal(unpermute_rows(permuted, heads), w)
+
+
+def test_logits_match_transformers_on_converted_folder(embedded_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    ids = tok(SENTENCE)["input_ids"]
+    assert len(ids) >= 32
+    ids = np.asarray(ids[:32])[None]
+    ref_model = AutoModelForCausalLM.from_pretrained(
+        embedded_model_dir, torch_dtype=torch.float32
+    ).eval()
+    with torch.no_grad():
+        ref = ref_model(input_ids=torch.tensor(ids)).logits.numpy()[0]
+    model = load_hf(embedded_model_dir)
+    ours, _ = model(jnp.asarray(ids), jnp.arange(32)[None])
+    ours = np.asarray(ours)[0]
+    assert np.max(np.abs(ours - ref)) <= 1e-3
+    np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
+
+
+def test_second_call_reuses_cache(embedded_model_dir):
+    from rlpt_jax.models import embedded
+
+    stamp = (embedded_model_dir / "model.safetensors").stat().st_mtime_ns
+    again = embedded.smollm2_dir(verbose=False)
+    assert again == embedded_model_dir
+    assert (again / "model.safetensors").stat().st_mtime_ns == stamp
