@@ -1,0 +1,536 @@
+"""RLPT reward judges: is the prediction the start of the true continuation?
+
+RLPT rewards a predicted segment with 1 when a judge finds it semantically equivalent
+to a *prefix* of the reference ``s_i s_{i+1} ... s_{i+k}`` and 0 otherwise
+(``r = 1[judge says "Score: 1"]``). The earlier, worse-training "strict" variant asks
+for equivalence with ``s_i`` alone; it is kept as ``mode="strict"`` for ablations.
+
+One interface for all judges::
+
+    results = judge.score([(predicted, reference_segments), ...])
+    # -> [JudgeResult(reward, parsed, raw), ...] in input order
+
+``predicted`` is the text :func:`rlpt_jax.data.tasks.extract_prediction` returned;
+``None`` (no tags, truncated, empty) gets ``missing_prediction_reward`` without asking
+the judge. Judge outputs are parsed by :func:`parse_score`; an output without a
+verdict gets ``unparseable_reward``. Everything is counted in :class:`JudgeCounters`.
+
+Kinds (:func:`make_judge`, selected by a plain dict):
+
+* ``"generative"``: a language model called through an injected
+  ``generate(prompts) -> outputs`` function (the project's sampler).
+* ``"http"``: an OpenAI-compatible chat-completions server (vLLM, SGLang, ...),
+  concurrent requests with timeout and retries; raises :class:`JudgeUnavailableError`
+  when the server is down rather than silently rewarding 0.
+* ``"lexical"``: a deterministic offline approximation for tests and CPU smoke runs.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import concurrent.futures
+import dataclasses
+import http.client as http_client
+import json
+import os
+import re
+import time
+import unicodedata
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+
+JUDGE_KINDS = ("generative", "http", "lexical")
+JUDGE_MODES = ("prefix", "strict")
+
+JudgeItem = tuple[str | None, Sequence[str]]
+Message = dict[str, str]
+
+PREFIX_PROMPT = (
+    "You are checking a text prediction against the real continuation of a document.\n"
+    "\n"
+    "Reference: {reference}\n"
+    "\n"
+    "Predicted: {predicted}\n"
+    "\n"
+    "Is Predicted semantically equivalent to a prefix of Reference? A prefix is the "
+    "beginning of Reference: its first sentence, or its first few sentences in order. "
+    "The wording does not need to match, only the meaning. Predicted is not equivalent "
+    "if it contradicts Reference, adds claims that are not in that prefix, or only "
+    "matches a later part of Reference.\n"
+    "\n"
+    "Answer with exactly `Score: 1` if it is equivalent and `Score: 0` if it is not."
+)
+
+STRICT_PROMPT = (
+    "You are checking a predicted sentence against the real sentence of a document.\n"
+    "\n"
+    "Reference: {reference}\n"
+    "\n"
+    "Predicted: {predicted}\n"
+    "\n"
+    "Is Predicted semantically equivalent to the whole of Reference? The wording does "
+    "not need to match, but Predicted must state the same content as Reference, "
+    "nothing missing and nothing added.\n"
+    "\n"
+    "Answer with exactly `Score: 1` if it is equivalent and `Score: 0` if it is not."
+)
+
+
+class JudgeUnavailableError(RuntimeError):
+    """The judge server could not be reached for (most of) a batch, after retries."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LexicalConfig:
+    """Rule of the lexical judge (see :class:`LexicalJudge`).
+
+    Attributes:
+      threshold: Smallest token F1 against the equally long reference prefix that
+        earns reward 1 (default 0.6: most content words must match).
+      min_tokens: A prediction needs at least ``min(min_tokens, len(s_i tokens))``
+        tokens (default 3), so that "The" is not rewarded as a prefix.
+    """
+
+    threshold: float = 0.6
+    min_tokens: int = 3
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"lexical threshold must be in (0, 1], got {self.threshold}")
+        if self.min_tokens < 1:
+            raise ValueError(f"lexical min_tokens must be >= 1, got {self.min_tokens}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpConfig:
+    """An OpenAI-compatible chat-completions judge server.
+
+    Attributes:
+      base_url: Server root; requests go to ``{base_url}/v1/chat/completions``.
+      model: Model name the server serves (required for ``kind="http"``).
+      temperature: Sampling temperature (default 0: a deterministic verdict).
+      max_tokens: Response budget (default 1024, room for a thinking judge).
+      timeout_s: Per-request socket timeout in seconds (default 120).
+      max_retries: Retries after the first attempt on connection errors, timeouts and
+        HTTP 408/429/5xx (default 4). Other HTTP errors are not retried.
+      backoff_s: First retry delay; doubles each retry (default 1 s).
+      max_backoff_s: Cap on one delay (default 30 s).
+      max_workers: Concurrent requests (default 16).
+      max_failure_fraction: A batch in which more than this share of requests failed
+        after all retries raises :class:`JudgeUnavailableError` (default 0.5); a batch
+        in which every request failed always raises.
+      api_key_env: Name of an environment variable holding a bearer token, sent as
+        ``Authorization`` when set (default ``None``: no header, as for local servers).
+    """
+
+    base_url: str = "http://127.0.0.1:8000"
+    model: str = ""
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    max_workers: int = 16
+    max_failure_fraction: float = 0.5
+    api_key_env: str | None = None
+
+    def __post_init__(self):
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
+            raise ValueError(
+                f"need 0 <= backoff_s <= max_backoff_s, got {self.backoff_s}, {self.max_backoff_s}"
+            )
+        if self.max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {self.max_workers}")
+        if not 0.0 <= self.max_failure_fraction < 1.0:
+            raise ValueError(
+                f"max_failure_fraction must be in [0, 1), got {self.max_failure_fraction}"
+            )
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + "/v1/chat/completions"
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+    """Which judge, which question, and what unusable answers are worth.
+
+    Attributes:
+      kind: ``"generative"``, ``"http"`` or ``"lexical"`` (default ``"lexical"``, the
+        only one that runs with nothing else provided).
+      mode: ``"prefix"`` (the paper's reward, default) or ``"strict"`` (equivalent to
+        ``s_i`` alone; the ablation).
+      unparseable_reward: Reward when the judge's output has no ``Score: 0|1`` or the
+        request failed (default 0.0 [ours]).
+      missing_prediction_reward: Reward when the policy gave no tagged prediction
+        (default 0.0 [ours; the paper is silent]).
+      lexical: Settings of the lexical judge.
+      http: Settings of the HTTP judge.
+    """
+
+    kind: str = "lexical"
+    mode: str = "prefix"
+    unparseable_reward: float = 0.0
+    missing_prediction_reward: float = 0.0
+    lexical: LexicalConfig = dataclasses.field(default_factory=LexicalConfig)
+    http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
+
+    def __post_init__(self):
+        if self.kind not in JUDGE_KINDS:
+            raise ValueError(_unknown_kind(self.kind))
+        if self.mode not in JUDGE_MODES:
+            raise ValueError(f"unknown judge mode {self.mode!r}; valid modes: {list(JUDGE_MODES)}")
+        if self.kind == "http" and not self.http.model:
+            raise ValueError("judge kind 'http' needs http.model (the served model's name)")
+
+
+def _unknown_kind(kind: str) -> str:
+    return f"unknown judge kind {kind!r}; valid kinds: {list(JUDGE_KINDS)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeResult:
+    """Reward of one item; ``parsed`` is False when no verdict was read; ``raw`` is the
+    judge's output (or the error / response body when there was none)."""
+
+    reward: float
+    parsed: bool
+    raw: str
+
+
+@dataclasses.dataclass
+class JudgeCounters:
+    """Running totals over all :meth:`Judge.score` calls (for metrics)."""
+
+    batches: int = 0
+    items: int = 0
+    no_prediction: int = 0
+    judged: int = 0
+    parsed: int = 0
+    unparseable: int = 0
+    positive: int = 0
+    failed_requests: int = 0
+    retries: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """What a judge backend returned for one item.
+
+    ``content`` is the text to parse (``None`` when the response had no usable text);
+    ``raw`` is what to show for it; ``failed`` marks a request that never succeeded.
+    """
+
+    raw: str
+    content: str | None
+    failed: bool = False
+    retries: int = 0
+
+
+_SCORE = re.compile(r"\bscore\s*\**\s*:\s*\**\s*([01])(?![\d.])", re.IGNORECASE)
+
+
+def parse_score(text: str) -> int | None:
+    """The verdict of the *last* ``Score: 0|1`` in ``text``; ``None`` when there is none.
+
+    Tolerates case and markdown bold (``**Score:** 1``). Reasoning inside
+    ``<think>...</think>`` is ignored (it may weigh both verdicts); a ``<think>`` that
+    is never closed means the judge ran out of tokens, so there is no verdict.
+    """
+    if "<think>" in text and "</think>" not in text:
+        return None
+    text = text.rsplit("</think>", 1)[-1]
+    matches = _SCORE.findall(text)
+    return int(matches[-1]) if matches else None
+
+
+def judge_prompt(predicted: str, reference_segments: Sequence[str], mode: str) -> str:
+    """The question to a model judge; ``strict`` compares with ``s_i`` only."""
+    if mode == "strict":
+        return STRICT_PROMPT.format(reference=reference_segments[0], predicted=predicted)
+    if mode == "prefix":
+        return PREFIX_PROMPT.format(reference=" ".join(reference_segments), predicted=predicted)
+    raise ValueError(f"unknown judge mode {mode!r}; valid modes: {list(JUDGE_MODES)}")
+
+
+class Judge(abc.ABC):
+    """Shared scoring logic; backends implement :meth:`_judge`."""
+
+    def __init__(self, config: JudgeConfig):
+        self.config = config
+        self.counters = JudgeCounters()
+
+    def score(self, batch: Sequence[JudgeItem]) -> list[JudgeResult]:
+        """Rewards for ``(predicted, reference_segments)`` items, in input order."""
+        for predicted, references in batch:
+            if predicted is not None and not isinstance(predicted, str):
+                raise TypeError(f"predicted must be a string or None, got {type(predicted)}")
+            if isinstance(references, str) or not references:
+                raise ValueError(
+                    "reference_segments must be a non-empty sequence of strings (s_i first)"
+                )
+        counters = self.counters
+        counters.batches += 1
+        counters.items += len(batch)
+        missing = JudgeResult(self.config.missing_prediction_reward, parsed=False, raw="")
+        results: list[JudgeResult] = [missing] * len(batch)
+        todo = [i for i, (p, _) in enumerate(batch) if p is not None and p.strip()]
+        counters.no_prediction += len(batch) - len(todo)
+        if not todo:
+            return results
+        replies = self._judge([(batch[i][0].strip(), tuple(batch[i][1])) for i in todo])
+        if len(replies) != len(todo):
+            raise RuntimeError(f"judge backend returned {len(replies)} replies for {len(todo)}")
+        counters.judged += len(todo)
+        for i, reply in zip(todo, replies):
+            results[i] = self._result(reply)
+        return results
+
+    def _result(self, reply: Reply) -> JudgeResult:
+        counters = self.counters
+        counters.retries += reply.retries
+        verdict = parse_score(reply.content) if reply.content is not None else None
+        if reply.failed:
+            counters.failed_requests += 1
+        elif verdict is None:
+            counters.unparseable += 1
+        if verdict is None:
+            return JudgeResult(self.config.unparseable_reward, parsed=False, raw=reply.raw)
+        counters.parsed += 1
+        counters.positive += verdict
+        return JudgeResult(float(verdict), parsed=True, raw=reply.raw)
+
+    @abc.abstractmethod
+    def _judge(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
+        """One reply per ``(prediction, reference_segments)``; predictions non-empty."""
+
+
+class GenerativeJudge(Judge):
+    """A language-model judge behind an injected ``generate(prompts) -> outputs``.
+
+    ``renderer`` (messages -> string, e.g. the judge model's chat template) wraps each
+    prompt as a user message; without it ``generate`` receives the bare question.
+    """
+
+    def __init__(
+        self,
+        config: JudgeConfig,
+        generate: Callable[[list[str]], list[str]],
+        renderer: Callable[[list[Message]], str] | None = None,
+    ):
+        super().__init__(config)
+        if not callable(generate):
+            raise TypeError("GenerativeJudge needs a callable generate(prompts) -> outputs")
+        self._generate = generate
+        self._renderer = renderer
+
+    def prompt(self, predicted: str, reference_segments: Sequence[str]) -> str:
+        text = judge_prompt(predicted, reference_segments, self.config.mode)
+        if self._renderer is None:
+            return text
+        return self._renderer([{"role": "user", "content": text}])
+
+    def _judge(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
+        outputs = self._generate([self.prompt(p, refs) for p, refs in items])
+        if len(outputs) != len(items):
+            raise RuntimeError(f"generate returned {len(outputs)} outputs for {len(items)}")
+        return [Reply(raw=str(out), content=str(out)) for out in outputs]
+
+
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class HttpJudge(Judge):
+    """A judge served behind ``POST {base_url}/v1/chat/completions`` (stdlib only).
+
+    Requests run concurrently (``max_workers`` threads). A request is retried on
+    connection errors, timeouts and HTTP 408/425/429/5xx with exponential backoff
+    (``backoff_s * 2**attempt``, capped); after ``max_retries`` retries it counts as
+    failed (reward ``unparseable_reward``). A response that is not chat-completions
+    JSON is garbage: unparseable, counted, not retried (the server answered).
+    If all requests of a batch failed, or more than ``max_failure_fraction`` of them,
+    the server is considered down and :class:`JudgeUnavailableError` is raised after
+    the counters are updated: training on all-zero rewards would be silent corruption.
+    """
+
+    def __init__(self, config: JudgeConfig, sleep: Callable[[float], None] = time.sleep):
+        super().__init__(config)
+        if not config.http.model:
+            raise ValueError("HttpJudge needs http.model (the served model's name)")
+        self._sleep = sleep
+
+    def _judge(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
+        http = self.config.http
+        prompts = [judge_prompt(p, refs, self.config.mode) for p, refs in items]
+        workers = min(http.max_workers, len(prompts))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            replies = list(pool.map(self._request, prompts))
+        failed = [r for r in replies if r.failed]
+        if failed and (
+            len(failed) == len(replies) or len(failed) / len(replies) > http.max_failure_fraction
+        ):
+            for reply in replies:
+                self._result(reply)
+            self.counters.judged += len(replies)
+            raise JudgeUnavailableError(
+                f"judge server {http.url} unavailable: {len(failed)}/{len(replies)} requests "
+                f"failed after {http.max_retries} retries (max_failure_fraction="
+                f"{http.max_failure_fraction}); last error: {failed[-1].raw}"
+            )
+        return replies
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key_env = self.config.http.api_key_env
+        if key_env and os.environ.get(key_env):
+            headers["Authorization"] = f"Bearer {os.environ[key_env]}"
+        return headers
+
+    def _request(self, prompt: str) -> Reply:
+        http = self.config.http
+        body = json.dumps(
+            {
+                "model": http.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": http.temperature,
+                "max_tokens": http.max_tokens,
+            }
+        ).encode("utf-8")
+        error = ""
+        for attempt in range(http.max_retries + 1):
+            if attempt:
+                self._sleep(min(http.backoff_s * 2 ** (attempt - 1), http.max_backoff_s))
+            request = urllib.request.Request(
+                http.url, data=body, headers=self._headers(), method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=http.timeout_s) as response:
+                    payload = response.read()
+            except urllib.error.HTTPError as e:
+                error = f"HTTP {e.code} {e.reason}"
+                if e.code not in _RETRY_STATUS:
+                    return Reply(raw=error, content=None, failed=True, retries=attempt)
+                continue
+            except (OSError, http_client.HTTPException) as e:  # URLError, timeouts, resets
+                error = f"{type(e).__name__}: {e}"
+                continue
+            return _parse_completion(payload, retries=attempt)
+        return Reply(raw=error, content=None, failed=True, retries=http.max_retries)
+
+
+def _parse_completion(payload: bytes, retries: int) -> Reply:
+    text = payload.decode("utf-8", errors="replace")
+    try:
+        content = json.loads(text)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return Reply(raw=text, content=None, retries=retries)
+    if not isinstance(content, str):
+        return Reply(raw=text, content=None, retries=retries)
+    return Reply(raw=content, content=content, retries=retries)
+
+
+_PUNCT = re.compile(r"[^\w\s]+")
+
+
+def lexical_tokens(text: str) -> list[str]:
+    """NFKC, lowercase, punctuation removed, split on whitespace."""
+    return _PUNCT.sub(" ", unicodedata.normalize("NFKC", text).lower()).split()
+
+
+def token_f1(predicted: Sequence[str], reference: Sequence[str]) -> float:
+    """Bag-of-tokens F1 (SQuAD style): overlap counted with multiplicity."""
+    common = sum((collections.Counter(predicted) & collections.Counter(reference)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
+class LexicalJudge(Judge):
+    """Deterministic offline judge on normalised tokens (lowercase, no punctuation).
+
+    * ``prefix``: with ``p`` the prediction's tokens and ``R`` the tokens of the
+      reference segments joined, compare ``p`` with the prefix ``R[:len(p)]`` of the
+      same length; reward 1 iff token F1 >= ``lexical.threshold`` and
+      ``len(p) >= min(lexical.min_tokens, len(tokens(s_i)))``. Word order inside the
+      window is ignored, so light paraphrase passes; a prediction of a later sentence
+      or of unrelated text fails.
+    * ``strict``: reward 1 iff ``p`` equals the tokens of ``s_i`` exactly.
+
+    The output mimics a model judge (``"f1=0.857 Score: 1"``) and goes through the same
+    parser and counters.
+    """
+
+    def _judge(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
+        return [self._one(p, refs) for p, refs in items]
+
+    def _one(self, predicted: str, references: tuple[str, ...]) -> Reply:
+        tokens = lexical_tokens(predicted)
+        target = lexical_tokens(references[0])
+        if self.config.mode == "strict":
+            verdict = int(bool(tokens) and tokens == target)
+            raw = f"exact={bool(verdict)} Score: {verdict}"
+            return Reply(raw=raw, content=raw)
+        rule = self.config.lexical
+        reference = lexical_tokens(" ".join(references))
+        f1 = token_f1(tokens, reference[: len(tokens)]) if tokens and reference else 0.0
+        long_enough = len(tokens) >= min(rule.min_tokens, max(len(target), 1))
+        verdict = int(long_enough and f1 >= rule.threshold)
+        raw = f"f1={f1:.3f} Score: {verdict}"
+        return Reply(raw=raw, content=raw)
+
+
+def _generative(config: JudgeConfig, generate, renderer) -> Judge:
+    if generate is None:
+        raise ValueError("judge kind 'generative' needs generate=callable(prompts) -> outputs")
+    return GenerativeJudge(config, generate, renderer)
+
+
+_FACTORIES: dict[str, Callable[..., Judge]] = {
+    "generative": _generative,
+    "http": lambda config, generate, renderer: HttpJudge(config),
+    "lexical": lambda config, generate, renderer: LexicalJudge(config),
+}
+
+
+def make_judge(
+    config: JudgeConfig | dict,
+    *,
+    generate: Callable[[list[str]], list[str]] | None = None,
+    renderer: Callable[[list[Message]], str] | None = None,
+) -> Judge:
+    """The judge ``config.kind`` names (a ``dict`` is turned into a :class:`JudgeConfig`).
+
+    Raises:
+      ValueError: unknown kind (the message lists the valid ones), or a generative
+        judge without ``generate``.
+    """
+    if isinstance(config, dict):
+        fields = dict(config)
+        kind = fields.get("kind", JudgeConfig.kind)
+        if kind not in _FACTORIES:
+            raise ValueError(_unknown_kind(kind))
+        if isinstance(fields.get("lexical"), dict):
+            fields["lexical"] = LexicalConfig(**fields["lexical"])
+        if isinstance(fields.get("http"), dict):
+            fields["http"] = HttpConfig(**fields["http"])
+        config = JudgeConfig(**fields)
+    if config.kind not in _FACTORIES:
+        raise ValueError(_unknown_kind(config.kind))
+    return _FACTORIES[config.kind](config, generate, renderer)
