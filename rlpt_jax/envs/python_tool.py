@@ -1,0 +1,357 @@
+"""Sandboxed Python execution for math-tool tasks (host side).
+
+Model-written code runs in a fresh ``python -I -B`` subprocess and is contained by
+several independent layers, because no single one is enough:
+
+* **Wall clock**: the child is a session leader; on timeout its process group is
+  killed (SIGKILL). With Linux namespaces available the child is also PID 1 of its own
+  PID namespace, so every process it started dies with it.
+* **Resource limits** (``setrlimit`` before exec): address space (memory bombs end in
+  ``MemoryError``), CPU seconds, number of processes (ignored by the kernel for root),
+  size of any written file.
+* **Audit hook** installed by a prelude before the user code runs: process creation
+  (fork, exec, spawn, ``subprocess``, ``os.system``), socket creation, and any write,
+  delete, rename or chmod of a path outside the private temp dir are refused by
+  ending the process at once with a ``forbidden`` report (catching the error is not an
+  escape). ``ctypes`` lookups of fork/exec/socket-like C functions are refused too.
+* **Network namespace** (``unshare --net``, when it works, e.g. as root in a
+  container): no interface but a down loopback, so a connection cannot leave even if
+  the hook were bypassed.
+* **Output caps**: stdout and stderr are read incrementally and the process is killed
+  once either exceeds ``max_output_bytes``; nothing is buffered beyond the cap.
+* **Private working dir**: a fresh temp dir as cwd, ``HOME`` and ``TMPDIR``; removed
+  afterwards.
+
+An audit hook is not a security boundary against native code; the namespaces and
+rlimits are the backstop. :meth:`PythonTool.run` never raises for hostile code: every
+failure is a :class:`PythonResult` with an ``error`` kind.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+__all__ = ["ERROR_KINDS", "PythonToolConfig", "PythonResult", "PythonTool"]
+
+ERROR_KINDS = ("timeout", "memory", "output_limit", "forbidden", "exit_code", "internal")
+_FORBIDDEN_EXIT = 86
+_MARKER = "[sandbox] forbidden: "
+
+# Runs in the child as ``python -I -B -c _PRELUDE <code file>``; cwd is the temp dir.
+_PRELUDE = r"""
+import os, sys
+
+def _sandbox(code_path, marker, exit_code, install_hook):
+    root = os.path.realpath(os.getcwd())
+    with open(code_path, "rb") as f:
+        source = f.read()
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+    spawn = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+             "subprocess.Popen", "pty.spawn"}
+    network = {"socket.__new__", "socket.connect", "socket.bind", "socket.sendto",
+               "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"}
+    path_events = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.symlink",
+                   "os.link", "os.truncate", "os.chmod", "os.chown", "os.utime",
+                   "shutil.rmtree", "os.chroot", "os.mkfifo", "os.mknod"}
+    c_names = {"fork", "vfork", "clone", "clone3", "execve", "execv", "execvp", "execvpe",
+               "execl", "execlp", "system", "popen", "posix_spawn", "posix_spawnp",
+               "socket", "connect", "unshare", "setns", "syscall", "ptrace", "kill",
+               "open", "open64", "openat", "openat64", "creat", "fopen", "fopen64",
+               "unlink", "rename", "chmod", "mount"}
+    realpath, join, fsdecode, getcwd = os.path.realpath, os.path.join, os.fsdecode, os.getcwd
+    write, exit_now, sep, getpid = os.write, os._exit, os.sep, os.getpid
+    busy = []
+
+    def deny(what):
+        try:
+            sys.stdout.flush()
+        except BaseException:
+            pass
+        write(2, (marker + what + "\n").encode("utf-8", "replace"))
+        exit_now(exit_code)
+
+    def outside(path):
+        if isinstance(path, int):
+            return False  # an fd: it was opened under this hook
+        try:
+            full = realpath(join(getcwd(), fsdecode(path)))
+        except BaseException:
+            return True
+        return not (full == root or full.startswith(root + sep))
+
+    def hook(event, args):
+        if busy:
+            return  # events raised by the checks below
+        busy.append(1)
+        try:
+            if event in spawn:
+                deny(f"process creation ({event})")
+            elif event in network:
+                deny(f"network access ({event})")
+            elif event == "open":
+                path, mode, flags = (tuple(args) + (None, None, None))[:3]
+                writing = isinstance(flags, int) and bool(flags & write_flags)
+                if isinstance(mode, str) and any(c in mode for c in "wax+"):
+                    writing = True
+                if writing and outside(path):
+                    deny(f"write outside the sandbox dir ({path!r})")
+            elif event in path_events:
+                for arg in args[:2]:
+                    if isinstance(arg, (str, bytes, os.PathLike)) and outside(arg):
+                        deny(f"{event} outside the sandbox dir ({arg!r})")
+            elif event in ("os.kill", "os.killpg"):
+                if args[0] not in (0, getpid()):
+                    deny(f"{event} of another process")
+            elif event == "ctypes.dlsym" and len(args) > 1 and args[1] in c_names:
+                deny(f"ctypes access to {args[1]!r}")
+        finally:
+            busy.clear()
+
+    if install_hook:
+        sys.addaudithook(hook)
+    return source
+
+_source = _sandbox(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")
+del _sandbox
+_globals = {"__name__": "__main__", "__builtins__": __builtins__}
+exec(compile(_source, "<tool>", "exec"), _globals)
+"""
+
+
+@dataclass(frozen=True)
+class PythonToolConfig:
+    """Limits for one execution.
+
+    ``timeout_s`` is wall clock; the CPU-time limit is ``timeout_s`` rounded up plus 1.
+    ``max_output_bytes`` applies to stdout and stderr separately. ``max_processes`` is
+    ``RLIMIT_NPROC``, which the kernel counts over *all* processes of the user (and does
+    not enforce for root): process creation is refused by the audit hook regardless.
+    ``isolate`` runs the child in fresh network and PID namespaces when that works.
+    ``audit_hook=False`` drops the prelude's audit hook: only for testing the other
+    layers on their own.
+    """
+
+    timeout_s: float = 10.0
+    memory_bytes: int = 1 << 30
+    max_output_bytes: int = 64 * 1024
+    max_file_bytes: int = 16 << 20
+    max_processes: int = 512
+    isolate: bool = True
+    audit_hook: bool = True
+    python: str = sys.executable
+
+    def __post_init__(self):
+        if not self.timeout_s > 0:
+            raise ValueError(f"PythonToolConfig.timeout_s must be > 0, got {self.timeout_s}")
+        if self.memory_bytes < 64 << 20:
+            raise ValueError(
+                f"PythonToolConfig.memory_bytes must be >= 64 MiB (the interpreter needs it), "
+                f"got {self.memory_bytes}"
+            )
+        for name in ("max_output_bytes", "max_file_bytes", "max_processes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PythonToolConfig.{name} must be >= 1")
+        if not os.path.isfile(self.python):
+            raise ValueError(f"PythonToolConfig.python {self.python!r} is not a file")
+
+
+@dataclass(frozen=True)
+class PythonResult:
+    """Outcome of one execution. ``error`` is ``None`` when ``ok``, else one of
+    :data:`ERROR_KINDS`; ``detail`` says what happened in words."""
+
+    ok: bool
+    stdout: str
+    stderr: str
+    error: str | None
+    returncode: int | None
+    detail: str
+    elapsed_s: float
+
+
+class PythonTool:
+    """Runs untrusted Python snippets under :class:`PythonToolConfig` limits."""
+
+    def __init__(self, config: PythonToolConfig = PythonToolConfig()):
+        self.config = config
+        self.isolated = config.isolate and _namespaces_work()
+
+    def run(self, code: str) -> PythonResult:
+        """Execute ``code`` and return what happened; never raises for any code string."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be str, got {type(code).__name__}")
+        start = time.monotonic()
+        workdir = None
+        try:
+            workdir = tempfile.mkdtemp(prefix="rlpt_pytool_")
+            return self._run_in(code, workdir, start)
+        except Exception as e:  # sandbox machinery failed, not the user code
+            return PythonResult(
+                False, "", "", "internal", None, f"{type(e).__name__}: {e}", _since(start)
+            )
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _run_in(self, code: str, workdir: str, start: float) -> PythonResult:
+        cfg = self.config
+        code_path = os.path.join(workdir, "main.py")
+        with open(code_path, "wb") as f:
+            f.write(code.encode("utf-8", "surrogatepass"))
+        hook = "1" if cfg.audit_hook else "0"
+        argv = [
+            cfg.python,
+            "-I",
+            "-B",
+            "-c",
+            _PRELUDE,
+            code_path,
+            _MARKER,
+            str(_FORBIDDEN_EXIT),
+            hook,
+        ]
+        if self.isolated:
+            argv = [*_UNSHARE, *argv]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": workdir,
+            "TMPDIR": workdir,
+            "LANG": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+        proc = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=functools.partial(_set_limits, cfg),
+        )
+        try:
+            out, err, timed_out, overflow = _collect(proc, start + cfg.timeout_s, cfg)
+        finally:
+            _kill_group(proc)
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        stdout = out.decode("utf-8", "replace")
+        stderr = err.decode("utf-8", "replace")
+        error, detail = _classify(proc.returncode, stderr, timed_out, overflow, cfg)
+        return PythonResult(
+            error is None, stdout, stderr, error, proc.returncode, detail, _since(start)
+        )
+
+
+_UNSHARE = ("unshare", "--net", "--pid", "--fork", "--kill-child")
+
+
+@functools.lru_cache(maxsize=1)
+def _namespaces_work() -> bool:
+    """Whether ``unshare --net --pid`` can be used here (root or suitable capabilities)."""
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        probe = subprocess.run(
+            [*_UNSHARE, "true"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+def _set_limits(cfg: PythonToolConfig) -> None:
+    """``preexec_fn``: runs in the forked child before exec."""
+    cpu = math.ceil(cfg.timeout_s) + 1
+    for limit, value in (
+        (resource.RLIMIT_AS, cfg.memory_bytes),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_FSIZE, cfg.max_file_bytes),
+        (resource.RLIMIT_NPROC, cfg.max_processes),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(limit, (value, value))
+
+
+def _collect(
+    proc: subprocess.Popen, deadline: float, cfg: PythonToolConfig
+) -> tuple[bytes, bytes, bool, bool]:
+    """Read both pipes until EOF, the deadline, or a stream passing the output cap."""
+    cap = cfg.max_output_bytes
+    buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    timed_out = overflow = False
+    with selectors.DefaultSelector() as sel:
+        for fd in buffers:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map() and not overflow:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(timeout=remaining):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                buf = buffers[key.fd]
+                room = cap - len(buf)
+                buf += chunk[:room]
+                overflow = overflow or len(chunk) > room
+    # The process may linger after closing its pipes; give it the rest of the deadline.
+    if not (timed_out or overflow):
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    out, err = buffers.values()
+    return bytes(out), bytes(err), timed_out, overflow
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _classify(
+    rc: int | None, stderr: str, timed_out: bool, overflow: bool, cfg: PythonToolConfig
+) -> tuple[str | None, str]:
+    """Map how the process ended to an error kind and a short explanation."""
+    if timed_out:
+        return "timeout", f"killed after the {cfg.timeout_s:g} s wall-clock limit"
+    if overflow:
+        return "output_limit", f"output passed {cfg.max_output_bytes} bytes; killed"
+    if rc == _FORBIDDEN_EXIT and _MARKER in stderr:
+        line = stderr[stderr.rindex(_MARKER) :].splitlines()[0]
+        return "forbidden", line[len(_MARKER) :]
+    if rc == -signal.SIGXCPU:
+        return "timeout", "CPU-time limit reached"
+    if rc == -signal.SIGXFSZ or "File too large" in stderr:
+        return "output_limit", f"wrote a file past {cfg.max_file_bytes} bytes"
+    if "MemoryError" in stderr:
+        return "memory", f"memory limit of {cfg.memory_bytes} bytes reached"
+    if rc == -signal.SIGKILL:
+        return "memory", "killed by SIGKILL (out of memory)"
+    if rc != 0:
+        return "exit_code", f"exited with status {rc}"
+    return None, "ok"
+
+
+def _since(start: float) -> float:
+    return time.monotonic() - start

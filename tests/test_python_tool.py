@@ -1,0 +1,171 @@
+"""Sandboxed Python tool: normal code works; hostile code is stopped, refused and
+reported, and this test process survives all of it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from rlpt_jax.envs.python_tool import PythonTool, PythonToolConfig
+
+TIMEOUT = 1.5
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return PythonTool(PythonToolConfig(timeout_s=TIMEOUT, memory_bytes=512 << 20))
+
+
+def test_normal_computation(tool):
+    r = tool.run("import math\nprint(sum(i * i for i in range(10)), math.comb(10, 3))")
+    assert (r.ok, r.error, r.stdout, r.returncode) == (True, None, "285 120\n", 0)
+
+
+def test_writes_inside_own_dir_allowed_and_removed(tool):
+    r = tool.run(
+        "import os\nopen('a.txt', 'w').write('hi')\nprint(open('a.txt').read(), os.getcwd())"
+    )
+    assert r.ok, r.stderr
+    text, cwd = r.stdout.split()
+    assert text == "hi"
+    assert not os.path.exists(cwd)  # the private dir is gone afterwards
+
+
+def test_user_exception_is_exit_code(tool):
+    r = tool.run("raise ValueError('boom')")
+    assert (r.ok, r.error, r.returncode) == (False, "exit_code", 1)
+    assert "ValueError: boom" in r.stderr
+
+
+@pytest.mark.parametrize("code", ["while True:\n    pass", "import time\ntime.sleep(60)"])
+def test_infinite_loop_times_out(tool, code):
+    start = time.monotonic()
+    r = tool.run(code)
+    assert (r.ok, r.error) == (False, "timeout")
+    assert time.monotonic() - start < TIMEOUT + 2.0
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["x = bytearray(10**10)", "chunks = []\nwhile True:\n    chunks.append(b'x' * 10**8)"],
+)
+def test_memory_bomb(code):
+    # A generous wall clock, so a loaded machine cannot turn this into a timeout.
+    tool = PythonTool(PythonToolConfig(timeout_s=20.0, memory_bytes=512 << 20))
+    r = tool.run(code)
+    assert (r.ok, r.error) == (False, "memory")
+    assert "MemoryError" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "code, what",
+    [
+        ("import os\nwhile True:\n    os.fork()", "os.fork"),
+        ("import subprocess\nsubprocess.run(['true'])", "subprocess.Popen"),
+        ("import os\nos.system('true')", "os.system"),
+        ("import ctypes\nctypes.CDLL(None).fork()", "fork"),
+    ],
+)
+def test_fork_bomb_and_process_creation_refused(tool, code, what):
+    r = tool.run(code)
+    assert (r.ok, r.error, r.returncode) == (False, "forbidden", 86)
+    assert what in r.detail
+
+
+def test_network_refused(tool):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        r = tool.run(f"import socket\nsocket.socket().connect(('127.0.0.1', {port}))")
+        listener.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing ever reached us
+    assert (r.ok, r.error) == (False, "forbidden")
+    assert "network" in r.detail
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "open({path!r}, 'w').write('x')",
+        "import os\nos.close(os.open({path!r}, os.O_WRONLY | os.O_CREAT))",
+        "import pathlib\npathlib.Path({path!r}).write_text('x')",
+        # catching the refusal does not help: the process ends at the first attempt
+        "try:\n    open({path!r}, 'a')\nexcept BaseException:\n    print('escaped')",
+        "import os\nos.symlink({path!r}, 'link')\nopen('link', 'w').write('x')",
+    ],
+)
+def test_write_outside_tmpdir_refused(tool, tmp_path, code):
+    target = tmp_path / "victim.txt"
+    r = tool.run(code.format(path=str(target)))
+    assert (r.ok, r.error) == (False, "forbidden")
+    assert "escaped" not in r.stdout
+    assert not target.exists()
+
+
+def test_delete_outside_tmpdir_refused(tool, tmp_path):
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    r = tool.run(f"import os\nos.remove({str(keep)!r})")
+    assert (r.ok, r.error) == (False, "forbidden")
+    assert keep.read_text() == "precious"
+
+
+def test_ten_megabyte_print_capped(tool):
+    start = time.monotonic()
+    r = tool.run("print('x' * 10_000_000)")
+    assert (r.ok, r.error) == (False, "output_limit")
+    assert len(r.stdout) <= tool.config.max_output_bytes
+    assert time.monotonic() - start < TIMEOUT + 2.0
+
+
+def test_big_file_write_capped(tmp_path):
+    tool = PythonTool(PythonToolConfig(timeout_s=TIMEOUT, max_file_bytes=1 << 20))
+    r = tool.run("f = open('big.bin', 'wb')\nwhile True:\n    f.write(b'x' * 65536)")
+    assert (r.ok, r.error) == (False, "output_limit")
+
+
+def test_namespace_layer_kills_leftover_children_without_hook():
+    tool = PythonTool(PythonToolConfig(timeout_s=5.0, audit_hook=False))
+    if not tool.isolated:
+        pytest.skip("unshare --net --pid not available here")
+    # Children that outlive their parent hold the pipes open; only the PID namespace
+    # (or the wall-clock kill) ends them.
+    code = (
+        "import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        time.sleep(60)\n"
+        "print('parent done')"
+    )
+    start = time.monotonic()
+    r = tool.run(code)
+    assert r.ok and r.stdout == "parent done\n", r
+    assert time.monotonic() - start < 3.0
+
+
+def test_network_namespace_layer_without_hook():
+    tool = PythonTool(PythonToolConfig(timeout_s=5.0, audit_hook=False))
+    if not tool.isolated:
+        pytest.skip("unshare --net --pid not available here")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        r = tool.run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)")
+        listener.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    assert (r.ok, r.error) == (False, "exit_code")
+    # Loopback is down in the fresh namespace: unreachable, not merely refused.
+    assert "Network is unreachable" in r.stderr
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="timeout_s"):
+        PythonToolConfig(timeout_s=0)
+    with pytest.raises(ValueError, match="memory_bytes"):
+        PythonToolConfig(memory_bytes=1000)
+    with pytest.raises(ValueError, match="max_output_bytes"):
+        PythonToolConfig(max_output_bytes=0)
