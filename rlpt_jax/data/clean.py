@@ -79,6 +79,14 @@ class CleanConfig:
             raise ValueError(f"num_perm must be >= 16 for a usable estimate, got {self.num_perm}")
         if self.shingle_size < 1:
             raise ValueError(f"shingle_size must be >= 1, got {self.shingle_size}")
+        if self.near_dedup:
+            try:  # datasketch needs >= 2 LSH bands; high thresholds need more permutations.
+                MinHashLSH(threshold=self.minhash_threshold, num_perm=self.num_perm)
+            except ValueError as e:
+                raise ValueError(
+                    f"minhash_threshold={self.minhash_threshold} with num_perm={self.num_perm} "
+                    f"cannot be indexed ({e}); raise num_perm or lower the threshold"
+                ) from e
 
 
 @dataclasses.dataclass(frozen=True)
