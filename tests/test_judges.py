@@ -124,6 +124,17 @@ def test_generative_judge_rewards_and_renderer_and_strict_mode():
     assert generate.prompts == [[expected]]
 
 
+def test_custom_judge_prompt_template():
+    generate = FakeGenerate(["Score: 1"])
+    config = JudgeConfig(kind="generative", prompt_template="R={reference}|P={predicted}")
+    make_judge(config, generate=generate).score([("A cat.", REFS)])
+    assert generate.prompts == [["R=" + " ".join(REFS) + "|P=A cat."]]
+    with pytest.raises(ValueError, match=r"must contain \['\{predicted\}'\]"):
+        JudgeConfig(prompt_template="only {reference}")
+    with pytest.raises(ValueError, match="double other braces"):
+        JudgeConfig(prompt_template="{reference} {predicted} {score}")
+
+
 def test_generative_judge_wrong_output_count_is_an_error():
     judge = make_judge(JudgeConfig(kind="generative"), generate=lambda prompts: [])
     with pytest.raises(RuntimeError, match="0 outputs for 1"):

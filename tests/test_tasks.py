@@ -7,6 +7,8 @@ import pytest
 from rlpt_jax.data.segments import Sample
 from rlpt_jax.data.tasks import TaskConfig, extract_prediction, make_task, make_tasks, task_kind
 
+S, E = "<|startofprediction|>", "<|endofprediction|>"
+
 SAMPLE = Sample(
     doc_id="lovelace",
     index=3,
@@ -91,9 +93,18 @@ def test_bad_task_inputs():
         TaskConfig(msr_fraction=-0.1)
     with pytest.raises(ValueError, match="unknown task kind 'qa'"):
         make_task(SAMPLE, TaskConfig(), kind="qa")
+    with pytest.raises(ValueError, match=r"msr_template must contain \['next_segment'\]"):
+        TaskConfig(msr_template=f"{{context}} {S} {E}")
+    with pytest.raises(ValueError, match="asr_template must contain.*endofprediction"):
+        TaskConfig(asr_template=f"{{context}} {S}")
+    with pytest.raises(ValueError, match="double other braces"):
+        TaskConfig(asr_template=f"{{context}} {{x}} {S} {E}")
 
 
-S, E = "<|startofprediction|>", "<|endofprediction|>"
+def test_custom_template():
+    config = TaskConfig(asr_template=f"Go on: {{context}} -> {S}...{E}")
+    task = make_task(SAMPLE, config, kind="asr")
+    assert task.prompt == f"Go on: {SAMPLE.context} -> {S}...{E}"
 
 
 @pytest.mark.parametrize(

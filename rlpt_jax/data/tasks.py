@@ -58,11 +58,17 @@ class TaskConfig:
       seed: Salt of the per-sample task choice (default 0).
       system_prompt: Optional system message when a chat renderer is used (default
         ``None``: user message only, as the chat template decides the rest).
+      asr_template: ASR instruction with a ``{context}`` field (default
+        :data:`ASR_TEMPLATE`); must mention both answer tags.
+      msr_template: MSR instruction with ``{context}`` and ``{next_segment}`` fields
+        (default :data:`MSR_TEMPLATE`); must mention both answer tags.
     """
 
     msr_fraction: float = 0.5
     seed: int = 0
     system_prompt: str | None = None
+    asr_template: str = ASR_TEMPLATE
+    msr_template: str = MSR_TEMPLATE
 
     def __post_init__(self):
         if not 0.0 <= self.msr_fraction < 1.0:
@@ -70,6 +76,21 @@ class TaskConfig:
                 f"msr_fraction (lambda) must be in [0, 1), got {self.msr_fraction}; "
                 "the objective keeps ASR as the main task"
             )
+        _check_template("asr_template", self.asr_template, ("context",))
+        _check_template("msr_template", self.msr_template, ("context", "next_segment"))
+
+
+def _check_template(name: str, template: str, fields: tuple[str, ...]) -> None:
+    missing = [f for f in fields if "{" + f + "}" not in template]
+    missing += [tag for tag in (START_TAG, END_TAG) if tag not in template]
+    if missing:
+        raise ValueError(f"{name} must contain {missing}")
+    try:
+        template.format(**dict.fromkeys(fields, ""))
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(
+            f"{name} must format with only {list(fields)} (double other braces): {e!r}"
+        ) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +107,14 @@ class Task:
         return self.sample.reference_segments
 
 
-def asr_text(sample: Sample) -> str:
+def asr_text(sample: Sample, template: str = ASR_TEMPLATE) -> str:
     """The ASR instruction for a sample (before any chat template)."""
-    return ASR_TEMPLATE.format(context=sample.context)
+    return template.format(context=sample.context)
 
 
-def msr_text(sample: Sample) -> str:
+def msr_text(sample: Sample, template: str = MSR_TEMPLATE) -> str:
     """The MSR instruction for a sample (before any chat template)."""
-    return MSR_TEMPLATE.format(context=sample.context, next_segment=sample.next_segment)
+    return template.format(context=sample.context, next_segment=sample.next_segment)
 
 
 _TEXT = {"asr": asr_text, "msr": msr_text}
@@ -118,7 +139,8 @@ def make_task(
     kind = kind or task_kind(sample, config)
     if kind not in _TEXT:
         raise ValueError(f"unknown task kind {kind!r}; valid kinds: {list(TASK_KINDS)}")
-    text = _TEXT[kind](sample)
+    template = config.asr_template if kind == "asr" else config.msr_template
+    text = _TEXT[kind](sample, template)
     messages: list[Message] = []
     if config.system_prompt is not None:
         messages.append({"role": "system", "content": config.system_prompt})

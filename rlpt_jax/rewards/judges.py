@@ -177,6 +177,10 @@ class JudgeConfig:
         request failed (default 0.0 [ours]).
       missing_prediction_reward: Reward when the policy gave no tagged prediction
         (default 0.0 [ours; the paper is silent]).
+      prompt_template: Question for model judges, with ``{reference}`` and
+        ``{predicted}`` fields; ``None`` (default) uses :data:`PREFIX_PROMPT` or
+        :data:`STRICT_PROMPT` by ``mode``. In strict mode ``{reference}`` is ``s_i``
+        only, in prefix mode the reference segments joined by spaces.
       lexical: Settings of the lexical judge.
       http: Settings of the HTTP judge.
     """
@@ -185,6 +189,7 @@ class JudgeConfig:
     mode: str = "prefix"
     unparseable_reward: float = 0.0
     missing_prediction_reward: float = 0.0
+    prompt_template: str | None = None
     lexical: LexicalConfig = dataclasses.field(default_factory=LexicalConfig)
     http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
 
@@ -195,6 +200,17 @@ class JudgeConfig:
             raise ValueError(f"unknown judge mode {self.mode!r}; valid modes: {list(JUDGE_MODES)}")
         if self.kind == "http" and not self.http.model:
             raise ValueError("judge kind 'http' needs http.model (the served model's name)")
+        if self.prompt_template is not None:
+            try:
+                self.prompt_template.format(reference="", predicted="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    "prompt_template may use only {reference} and {predicted} "
+                    f"(double other braces): {e!r}"
+                ) from e
+            missing = [f for f in ("{reference}", "{predicted}") if f not in self.prompt_template]
+            if missing:
+                raise ValueError(f"prompt_template must contain {missing}")
 
 
 def _unknown_kind(kind: str) -> str:
@@ -260,13 +276,19 @@ def parse_score(text: str) -> int | None:
     return int(matches[-1]) if matches else None
 
 
-def judge_prompt(predicted: str, reference_segments: Sequence[str], mode: str) -> str:
+def judge_prompt(
+    predicted: str, reference_segments: Sequence[str], mode: str, template: str | None = None
+) -> str:
     """The question to a model judge; ``strict`` compares with ``s_i`` only."""
     if mode == "strict":
-        return STRICT_PROMPT.format(reference=reference_segments[0], predicted=predicted)
-    if mode == "prefix":
-        return PREFIX_PROMPT.format(reference=" ".join(reference_segments), predicted=predicted)
-    raise ValueError(f"unknown judge mode {mode!r}; valid modes: {list(JUDGE_MODES)}")
+        reference = reference_segments[0]
+    elif mode == "prefix":
+        reference = " ".join(reference_segments)
+    else:
+        raise ValueError(f"unknown judge mode {mode!r}; valid modes: {list(JUDGE_MODES)}")
+    if template is None:
+        template = STRICT_PROMPT if mode == "strict" else PREFIX_PROMPT
+    return template.format(reference=reference, predicted=predicted)
 
 
 class Judge(abc.ABC):
@@ -341,7 +363,8 @@ class GenerativeJudge(Judge):
         self._renderer = renderer
 
     def prompt(self, predicted: str, reference_segments: Sequence[str]) -> str:
-        text = judge_prompt(predicted, reference_segments, self.config.mode)
+        config = self.config
+        text = judge_prompt(predicted, reference_segments, config.mode, config.prompt_template)
         if self._renderer is None:
             return text
         return self._renderer([{"role": "user", "content": text}])
@@ -377,7 +400,8 @@ class HttpJudge(Judge):
 
     def _judge(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
         http = self.config.http
-        prompts = [judge_prompt(p, refs, self.config.mode) for p, refs in items]
+        mode, template = self.config.mode, self.config.prompt_template
+        prompts = [judge_prompt(p, refs, mode, template) for p, refs in items]
         workers = min(http.max_workers, len(prompts))
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             replies = list(pool.map(self._request, prompts))
