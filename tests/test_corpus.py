@@ -130,6 +130,8 @@ def test_array_record_round_trip(tmp_path):
     assert docs == train[:3]
     with pytest.raises(FileNotFoundError, match="dataset_info.json"):
         tfds_corpus.open_corpus(tmp_path / "nothing")
+    with pytest.raises(EmptyCorpusError, match=r"split\(s\) \['heldout'\]"):
+        tfds_corpus.write_corpus({"train": train, "heldout": []}, tmp_path / "empty")
 
 
 # --- cleaning ------------------------------------------------------------------------

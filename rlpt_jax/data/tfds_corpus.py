@@ -31,7 +31,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from rlpt_jax.data.corpus import Document
+from rlpt_jax.data.corpus import Document, EmptyCorpusError
 
 _FEATURES = ("id", "text", "source")
 
@@ -86,8 +86,18 @@ def write_corpus(
     Returns:
       The versioned dataset folder (``<data_dir>/document_corpus/1.0.0``) to pass to
       :func:`open_corpus`.
+
+    Raises:
+      EmptyCorpusError: a split given as a sequence is empty.
     """
     splits = dict(documents) if isinstance(documents, Mapping) else {"train": documents}
+    if not splits:
+        raise ValueError("write_corpus needs at least one split")
+    # tfds only notices an empty split after writing it (an AssertionError); catch the
+    # common case early. Iterators are not materialised, so they stream as before.
+    empty = [name for name, docs in splits.items() if isinstance(docs, Sequence) and not docs]
+    if empty:
+        raise EmptyCorpusError(f"no documents to write for split(s) {empty}")
     builder = DocumentCorpus(splits=splits, data_dir=str(data_dir))
     builder.download_and_prepare()
     return Path(builder.data_dir)
