@@ -66,13 +66,50 @@ def test_memory_bomb(code):
         ("import os\nwhile True:\n    os.fork()", "os.fork"),
         ("import subprocess\nsubprocess.run(['true'])", "subprocess.Popen"),
         ("import os\nos.system('true')", "os.system"),
-        ("import ctypes\nctypes.CDLL(None).fork()", "fork"),
+        ("import ctypes\nctypes.CDLL(None).fork()", "ctypes.dlsym"),
     ],
 )
 def test_fork_bomb_and_process_creation_refused(tool, code, what):
     r = tool.run(code)
     assert (r.ok, r.error, r.returncode) == (False, "forbidden", 86)
     assert what in r.detail
+
+
+@pytest.mark.parametrize(
+    "code, what",
+    [
+        # unaudited by CPython itself: patched in the child
+        (
+            "import _posixsubprocess\n_posixsubprocess.fork_exec(*[None] * 23)",
+            "_posixsubprocess.fork_exec",
+        ),
+        (
+            "import sys\ndel sys.modules['_posixsubprocess']\nimport _posixsubprocess",
+            "re-import of _posixsubprocess",
+        ),
+        ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", "resource"),
+        ("import ctypes\nctypes.c_char.from_address(0)", "ctypes.cdata"),
+        (
+            "import shutil, _bisect, importlib.util as u\n"
+            "shutil.copy(_bisect.__file__, 'x.so')\n"
+            "u.module_from_spec(u.spec_from_file_location('_bisect', 'x.so'))",
+            "loading native code",
+        ),
+    ],
+)
+def test_escape_routes_refused(tool, code, what):
+    r = tool.run(code)
+    assert (r.ok, r.error) == (False, "forbidden"), r
+    assert what in r.detail
+
+
+def test_scientific_stack_still_works():
+    tool = PythonTool(PythonToolConfig(timeout_s=60.0))
+    code = "import numpy as np, sympy\nx = sympy.symbols('x')\n"
+    code += "print(sympy.solve(x**2 - 4, x), int(np.arange(5).sum()))"
+    r = tool.run(code)
+    assert r.ok, r.stderr
+    assert r.stdout == "[-2, 2] 10\n"
 
 
 def test_network_refused(tool):

@@ -13,7 +13,9 @@ several independent layers, because no single one is enough:
   (fork, exec, spawn, ``subprocess``, ``os.system``), socket creation, and any write,
   delete, rename or chmod of a path outside the private temp dir are refused by
   ending the process at once with a ``forbidden`` report (catching the error is not an
-  escape). ``ctypes`` lookups of fork/exec/socket-like C functions are refused too.
+  escape). Also refused: any ``ctypes`` use beyond the import numpy needs, loading
+  native code from the temp dir or ``/proc``, raising resource limits, and the
+  unaudited ``_posixsubprocess.fork_exec``.
 * **Network namespace** (``unshare --net``, when it works, e.g. as root in a
   container): no interface but a down loopback, so a connection cannot leave even if
   the hook were bypassed.
@@ -22,9 +24,11 @@ several independent layers, because no single one is enough:
 * **Private working dir**: a fresh temp dir as cwd, ``HOME`` and ``TMPDIR``; removed
   afterwards.
 
-An audit hook is not a security boundary against native code; the namespaces and
-rlimits are the backstop. :meth:`PythonTool.run` never raises for hostile code: every
-failure is a :class:`PythonResult` with an ``error`` kind.
+An audit hook is not a security boundary against native code (e.g. ``ctypes.memmove``
+raises no audit event, and numpy needs ``ctypes`` importable); the namespaces, rlimits
+and the wall-clock kill are the backstop. Reading files is not restricted.
+:meth:`PythonTool.run` never raises for hostile code: every failure is a
+:class:`PythonResult` with an ``error`` kind.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ _MARKER = "[sandbox] forbidden: "
 # Runs in the child as ``python -I -B -c _PRELUDE <code file>``; cwd is the temp dir.
 _PRELUDE = r"""
 import os, sys
+import _posixsubprocess  # cached now, so a later import is a re-import (refused below)
 
 def _sandbox(code_path, marker, exit_code, install_hook):
     root = os.path.realpath(os.getcwd())
@@ -63,15 +68,10 @@ def _sandbox(code_path, marker, exit_code, install_hook):
                "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"}
     path_events = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.symlink",
                    "os.link", "os.truncate", "os.chmod", "os.chown", "os.utime",
-                   "shutil.rmtree", "os.chroot", "os.mkfifo", "os.mknod"}
-    c_names = {"fork", "vfork", "clone", "clone3", "execve", "execv", "execvp", "execvpe",
-               "execl", "execlp", "system", "popen", "posix_spawn", "posix_spawnp",
-               "socket", "connect", "unshare", "setns", "syscall", "ptrace", "kill",
-               "open", "open64", "openat", "openat64", "creat", "fopen", "fopen64",
-               "unlink", "rename", "chmod", "mount"}
+                   "shutil.rmtree", "os.chroot", "os.mkfifo", "os.mknod", "os.setxattr",
+                   "os.removexattr", "sqlite3.connect"}
     realpath, join, fsdecode, getcwd = os.path.realpath, os.path.join, os.fsdecode, os.getcwd
     write, exit_now, sep, getpid = os.write, os._exit, os.sep, os.getpid
-    busy = []
 
     def deny(what):
         try:
@@ -81,49 +81,66 @@ def _sandbox(code_path, marker, exit_code, install_hook):
         write(2, (marker + what + "\n").encode("utf-8", "replace"))
         exit_now(exit_code)
 
+    def resolve(path):
+        return realpath(join(getcwd(), fsdecode(path)))
+
     def outside(path):
         if isinstance(path, int):
             return False  # an fd: it was opened under this hook
         try:
-            full = realpath(join(getcwd(), fsdecode(path)))
+            full = resolve(path)
         except BaseException:
             return True
         return not (full == root or full.startswith(root + sep))
 
+    def untrusted_native(path):
+        # Native code the sandbox could have written (its dir) or smuggled (memfd).
+        if not isinstance(path, (str, bytes)) or str(path).endswith((".py", ".pyc")):
+            return False
+        full = resolve(path)
+        return not outside(full) or full.startswith(("/proc/", "/dev/"))
+
     def hook(event, args):
-        if busy:
-            return  # events raised by the checks below
-        busy.append(1)
-        try:
-            if event in spawn:
-                deny(f"process creation ({event})")
-            elif event in network:
-                deny(f"network access ({event})")
-            elif event == "open":
-                path, mode, flags = (tuple(args) + (None, None, None))[:3]
-                writing = isinstance(flags, int) and bool(flags & write_flags)
-                if isinstance(mode, str) and any(c in mode for c in "wax+"):
-                    writing = True
-                if writing and outside(path):
-                    deny(f"write outside the sandbox dir ({path!r})")
-            elif event in path_events:
-                for arg in args[:2]:
-                    if isinstance(arg, (str, bytes, os.PathLike)) and outside(arg):
-                        deny(f"{event} outside the sandbox dir ({arg!r})")
-            elif event in ("os.kill", "os.killpg"):
-                if args[0] not in (0, getpid()):
-                    deny(f"{event} of another process")
-            elif event == "ctypes.dlsym" and len(args) > 1 and args[1] in c_names:
-                deny(f"ctypes access to {args[1]!r}")
-        finally:
-            busy.clear()
+        if event in spawn:
+            deny(f"process creation ({event})")
+        elif event in network:
+            deny(f"network access ({event})")
+        elif event == "open":
+            path, mode, flags = (tuple(args) + (None, None, None))[:3]
+            writing = isinstance(flags, int) and bool(flags & write_flags)
+            if isinstance(mode, str) and any(c in mode for c in "wax+"):
+                writing = True
+            if writing and outside(path):
+                deny(f"write outside the sandbox dir ({path!r})")
+        elif event in path_events:
+            for arg in args[:2]:
+                if isinstance(arg, (str, bytes, os.PathLike)) and outside(arg):
+                    deny(f"{event} outside the sandbox dir ({arg!r})")
+        elif event in ("os.kill", "os.killpg"):
+            if args[0] not in (0, getpid()):
+                deny(f"{event} of another process")
+        elif event.startswith("ctypes."):
+            # numpy imports ctypes (one dlopen of the main program); nothing else is allowed.
+            if not (event == "ctypes.dlopen" and args and args[0] is None):
+                deny(f"native access through ctypes ({event})")
+        elif event == "import":
+            if args[0] == "_posixsubprocess":
+                deny("re-import of _posixsubprocess")
+            if len(args) > 1 and untrusted_native(args[1]):
+                deny(f"loading native code from {args[1]!r}")
+        elif event in ("resource.setrlimit", "resource.prlimit"):
+            deny(f"changing resource limits ({event})")
+
+    def no_fork_exec(*args, **kwargs):
+        deny("process creation (_posixsubprocess.fork_exec)")
 
     if install_hook:
+        _posixsubprocess.fork_exec = no_fork_exec
         sys.addaudithook(hook)
     return source
 
 _source = _sandbox(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")
-del _sandbox
+del _sandbox, _posixsubprocess
 _globals = {"__name__": "__main__", "__builtins__": __builtins__}
 exec(compile(_source, "<tool>", "exec"), _globals)
 """
