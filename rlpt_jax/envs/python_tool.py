@@ -202,7 +202,8 @@ class PythonTool:
 
     def __init__(self, config: PythonToolConfig = PythonToolConfig()):
         self.config = config
-        self.isolated = config.isolate and _namespaces_work()
+        self._unshare = _unshare_path() if config.isolate else None
+        self.isolated = self._unshare is not None
 
     def run(self, code: str) -> PythonResult:
         """Execute ``code`` and return what happened; never raises for any code string."""
@@ -238,14 +239,14 @@ class PythonTool:
             str(_FORBIDDEN_EXIT),
             hook,
         ]
-        if self.isolated:
-            argv = [*_UNSHARE, *argv]
+        if self._unshare is not None:
+            argv = [self._unshare, *_UNSHARE, *argv]
         env = {
             "PATH": "/usr/bin:/bin",
             "HOME": workdir,
             "TMPDIR": workdir,
             "LANG": "C.UTF-8",
-            "PYTHONIOENCODING": "utf-8",
+            "LC_ALL": "C.UTF-8",
             "OPENBLAS_NUM_THREADS": "1",
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
@@ -275,21 +276,22 @@ class PythonTool:
         )
 
 
-_UNSHARE = ("unshare", "--net", "--pid", "--fork", "--kill-child")
+_UNSHARE = ("--net", "--pid", "--fork", "--kill-child")
 
 
 @functools.lru_cache(maxsize=1)
-def _namespaces_work() -> bool:
-    """Whether ``unshare --net --pid`` can be used here (root or suitable capabilities)."""
-    if shutil.which("unshare") is None:
-        return False
+def _unshare_path() -> str | None:
+    """``unshare`` if ``--net --pid`` works here (root or suitable capabilities)."""
+    path = shutil.which("unshare")
+    if path is None:
+        return None
     try:
         probe = subprocess.run(
-            [*_UNSHARE, "true"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
+            [path, *_UNSHARE, "true"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
         )
     except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
+        return None
+    return path if probe.returncode == 0 else None
 
 
 def _set_limits(cfg: PythonToolConfig) -> None:
@@ -331,12 +333,19 @@ def _collect(
                 overflow = overflow or len(chunk) > room
     # The process may linger after closing its pipes; give it the rest of the deadline.
     if not (timed_out or overflow):
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        timed_out = not _wait_unreaped(proc.pid, deadline)
     out, err = buffers.values()
     return bytes(out), bytes(err), timed_out, overflow
+
+
+def _wait_unreaped(pid: int, deadline: float) -> bool:
+    """Wait for the child to exit *without reaping it*, so its pid (= its process group
+    id) cannot be reused before :func:`_kill_group` runs. False at the deadline."""
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
