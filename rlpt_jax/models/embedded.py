@@ -42,11 +42,7 @@ def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     (interleaved rotary pairs). We reshape to [heads, H/2, 2, D] and swap back.
     """
     rows = w.shape[0]
-    return (
-        w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _field(reader, key):
@@ -126,9 +122,16 @@ def convert(gguf_path: str | Path, out_dir: str | Path) -> Path:
     tensors, config = gguf_to_hf_tensors(gguf_path)
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
-         "pad_token_id": config["pad_token_id"]}, indent=2))
+    (out / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": config["bos_token_id"],
+                "eos_token_id": config["eos_token_id"],
+                "pad_token_id": config["pad_token_id"],
+            },
+            indent=2,
+        )
+    )
     # transformers rebuilds the BPE tokenizer (vocab, merges, specials, chat template)
     # from the GGUF metadata; we save it as ordinary tokenizer files.
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)

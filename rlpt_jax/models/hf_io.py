@@ -62,8 +62,14 @@ def _ident(x):
 
 def tensor_mappings(cfg: ModelConfig) -> dict[str, _Mapping]:
     """HF tensor name → where it lives in our model and how its layout differs."""
-    d, f, n, k, h, v = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
-                        cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size)
+    d, f, n, k, h, v = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.vocab_size,
+    )
     m: dict[str, _Mapping] = {}
 
     def proj_in(heads):  # HF [heads*H, D]  ↔  ours [D, heads, H]
@@ -83,28 +89,35 @@ def tensor_mappings(cfg: ModelConfig) -> dict[str, _Mapping]:
         m[p + "self_attn.k_proj.weight"] = _Mapping((*at, "k_proj"), (k * h, d), *proj_in(k))
         m[p + "self_attn.v_proj.weight"] = _Mapping((*at, "v_proj"), (k * h, d), *proj_in(k))
         m[p + "self_attn.o_proj.weight"] = _Mapping(
-            (*at, "o_proj"), (d, n * h),
-            lambda w: w.T.reshape(n, h, d), lambda w: w.reshape(n * h, d).T,
+            (*at, "o_proj"),
+            (d, n * h),
+            lambda w: w.T.reshape(n, h, d),
+            lambda w: w.reshape(n * h, d).T,
         )
         if cfg.qkv_bias:
             for name, heads in (("q", n), ("k", k), ("v", k)):
                 m[p + f"self_attn.{name}_proj.bias"] = _Mapping(
-                    (*at, f"{name}_bias"), (heads * h,),
-                    lambda b, heads=heads: b.reshape(heads, h), lambda b: b.reshape(-1),
+                    (*at, f"{name}_bias"),
+                    (heads * h,),
+                    lambda b, heads=heads: b.reshape(heads, h),
+                    lambda b: b.reshape(-1),
                 )
         if cfg.o_bias:
             m[p + "self_attn.o_proj.bias"] = _Mapping((*at, "o_bias"), (d,), _ident, _ident)
         if cfg.qk_norm:
-            m[p + "self_attn.q_norm.weight"] = _Mapping((*at, "q_norm", "weight"), (h,),
-                                                        _ident, _ident)
-            m[p + "self_attn.k_norm.weight"] = _Mapping((*at, "k_norm", "weight"), (h,),
-                                                        _ident, _ident)
+            m[p + "self_attn.q_norm.weight"] = _Mapping(
+                (*at, "q_norm", "weight"), (h,), _ident, _ident
+            )
+            m[p + "self_attn.k_norm.weight"] = _Mapping(
+                (*at, "k_norm", "weight"), (h,), _ident, _ident
+            )
         ml = ("layers", i, "mlp")
         m[p + "mlp.gate_proj.weight"] = _Mapping((*ml, "gate_proj"), (f, d), *linear())
         m[p + "mlp.up_proj.weight"] = _Mapping((*ml, "up_proj"), (f, d), *linear())
         m[p + "mlp.down_proj.weight"] = _Mapping((*ml, "down_proj"), (d, f), *linear())
-        m[p + "input_layernorm.weight"] = _Mapping(("layers", i, "input_layernorm", "weight"),
-                                                   (d,), _ident, _ident)
+        m[p + "input_layernorm.weight"] = _Mapping(
+            ("layers", i, "input_layernorm", "weight"), (d,), _ident, _ident
+        )
         m[p + "post_attention_layernorm.weight"] = _Mapping(
             ("layers", i, "post_attention_layernorm", "weight"), (d,), _ident, _ident
         )
@@ -126,9 +139,7 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     if single.is_file():
         with safe_open(single, "np") as fh:
             return {name: single for name in fh.keys()}
-    raise CheckpointError(
-        f"{path} has neither model.safetensors nor model.safetensors.index.json"
-    )
+    raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
 
 
 def _shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
@@ -155,16 +166,21 @@ def check_tensors(cfg: ModelConfig, found: dict[str, tuple[int, ...]]) -> None:
     ]
     problems = []
     if missing:
-        problems.append(f"missing tensors: {', '.join(missing[:10])}"
-                        + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""))
+        problems.append(
+            f"missing tensors: {', '.join(missing[:10])}"
+            + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+        )
     if extra:
-        problems.append(f"unexpected tensors: {', '.join(extra[:10])}"
-                        + (f" (+{len(extra) - 10} more)" if len(extra) > 10 else ""))
+        problems.append(
+            f"unexpected tensors: {', '.join(extra[:10])}"
+            + (f" (+{len(extra) - 10} more)" if len(extra) > 10 else "")
+        )
     if bad:
         problems.append("wrong shapes: " + "; ".join(bad[:10]))
     if problems:
-        raise CheckpointError(f"checkpoint does not match its config ({cfg.model_type}): "
-                              + " | ".join(problems))
+        raise CheckpointError(
+            f"checkpoint does not match its config ({cfg.model_type}): " + " | ".join(problems)
+        )
 
 
 def load_hf(
@@ -263,8 +279,10 @@ def export_hf(
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             save_file(shard, out / fname, metadata=meta)
             weight_map.update({name: fname for name in shard})
-        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-                 "weight_map": weight_map}
+        index = {
+            "metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+            "weight_map": weight_map,
+        }
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
     hf = hf_config_dict(cfg) if cfg.hf_config else {}
@@ -287,8 +305,9 @@ def export_hf(
 
 def _structural_hf_config(cfg: ModelConfig, base: dict) -> dict:
     """The config.json fields that define the architecture, from our config."""
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-            "qwen3": "Qwen3ForCausalLM"}[cfg.model_type]
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[
+        cfg.model_type
+    ]
     d = {
         "architectures": [arch],
         "model_type": cfg.model_type,
@@ -313,6 +332,7 @@ def _structural_hf_config(cfg: ModelConfig, base: dict) -> dict:
     if cfg.bos_token_id is not None:
         d["bos_token_id"] = cfg.bos_token_id
     if cfg.eos_token_ids:
-        d["eos_token_id"] = (cfg.eos_token_ids[0] if len(cfg.eos_token_ids) == 1
-                             else list(cfg.eos_token_ids))
+        d["eos_token_id"] = (
+            cfg.eos_token_ids[0] if len(cfg.eos_token_ids) == 1 else list(cfg.eos_token_ids)
+        )
     return d

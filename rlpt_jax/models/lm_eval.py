@@ -63,9 +63,11 @@ def report(model_dir: str | Path | None, num_docs: int, max_tokens: int, show: i
     t0 = time.time()
     model = load_hf(model_dir)
     tok = Tokenizer(model_dir)
-    print(f"loaded {model.cfg.model_type} from {model_dir} "
-          f"({sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) / 1e6:.1f}M "
-          f"params) in {time.time() - t0:.1f}s")
+    print(
+        f"loaded {model.cfg.model_type} from {model_dir} "
+        f"({sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) / 1e6:.1f}M "
+        f"params) in {time.time() - t0:.1f}s"
+    )
     docs = heldout_wiki_paragraphs(num_docs)
     ids = [tok.encode(d["text"])[:max_tokens] for d in docs]
     nll = []
@@ -86,10 +88,26 @@ def report(model_dir: str | Path | None, num_docs: int, max_tokens: int, show: i
     for t in range(min(show, len(first) - 1)):
         ctx = tok.decode(first[: t + 1]).replace("\n", " ")[-40:]
         mark = "✓" if pred[t] == first[t + 1] else " "
-        print(f"{ctx!r:42s} {tok.decode([first[t + 1]])!r:>14s} "
-              f"{tok.decode([int(pred[t])])!r:>14s} {mark}")
-    acc = float(np.mean([np.mean(np.asarray(_token_logprobs(
-        model, jnp.asarray(np.asarray(i, np.int32)[None]),
-        jnp.ones((1, len(i)), jnp.int32))[1])[0] == np.asarray(i[1:])) for i in ids]))
+        print(
+            f"{ctx!r:42s} {tok.decode([first[t + 1]])!r:>14s} "
+            f"{tok.decode([int(pred[t])])!r:>14s} {mark}"
+        )
+    acc = float(
+        np.mean(
+            [
+                np.mean(
+                    np.asarray(
+                        _token_logprobs(
+                            model,
+                            jnp.asarray(np.asarray(i, np.int32)[None]),
+                            jnp.ones((1, len(i)), jnp.int32),
+                        )[1]
+                    )[0]
+                    == np.asarray(i[1:])
+                )
+                for i in ids
+            ]
+        )
+    )
     print(f"\nmean next-token accuracy {acc:.3f}, perplexity {math.exp(total):.2f}")
     return {"nll": total, "ppl": math.exp(total), "accuracy": acc}

@@ -27,7 +27,10 @@ class Tokenizer:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"tokenizer folder {path} does not exist")
-        if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        if (
+            not (path / "tokenizer.json").is_file()
+            and not (path / "tokenizer_config.json").is_file()
+        ):
             raise FileNotFoundError(f"{path} has no tokenizer.json / tokenizer_config.json")
         self.path = path
         self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
