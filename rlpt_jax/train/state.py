@@ -1,0 +1,197 @@
+"""Training state and optimiser: AdamW + global-norm clipping + a learning-rate schedule.
+
+``TrainState`` is the one pytree that crosses the jitted update step (donated): step
+counter, parameters (an ``nnx.State`` of Params, which carry their logical axes so they
+can be sharded), optax state, an RNG key folded with the step, and a counter of skipped
+(non-finite) updates. The model's graph definition is static metadata of the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlpt_jax.parallel import TRAIN_RULES, Rules, state_shardings
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with global-norm gradient clipping and a learning-rate schedule.
+
+    ``schedule``: ``"constant"``, ``"cosine"`` (to ``end_lr_ratio``·lr) or ``"linear"``
+    (to ``end_lr_ratio``·lr), each after ``warmup_steps`` of linear warm-up from 0;
+    decaying schedules need ``total_steps`` (warm-up included). ``grad_clip``: maximum
+    global gradient norm, None for no clipping. Weight decay applies to parameters of rank
+    ≥ 2 only (not norms or biases). Defaults follow the AT²PO recipe (lr 1e-6 constant,
+    wd 0.01, clip 1.0).
+    """
+
+    learning_rate: float = 1e-6
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int | None = None
+    end_lr_ratio: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"OptimConfig.schedule={self.schedule!r}; expected one of {SCHEDULES}")
+        if not 0 < self.learning_rate < float("inf"):
+            raise ValueError(f"OptimConfig.learning_rate must be > 0; got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"OptimConfig.warmup_steps must be >= 0; got {self.warmup_steps}")
+        if self.schedule != "constant":
+            if self.total_steps is None or self.total_steps <= self.warmup_steps:
+                raise ValueError(
+                    f"OptimConfig.schedule={self.schedule!r} needs total_steps > warmup_steps "
+                    f"({self.warmup_steps}); got total_steps={self.total_steps}"
+                )
+        if not 0 <= self.end_lr_ratio <= 1:
+            raise ValueError(f"OptimConfig.end_lr_ratio must be in [0, 1]; got {self.end_lr_ratio}")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"OptimConfig.{name} must be in [0, 1); got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ValueError(f"OptimConfig.eps must be > 0; got {self.eps}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"OptimConfig.weight_decay must be >= 0; got {self.weight_decay}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"OptimConfig.grad_clip must be > 0 or None; got {self.grad_clip}")
+
+
+def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
+    """Step → learning rate, as ``cfg`` describes."""
+    lr = cfg.learning_rate
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(lr)
+    else:
+        decay_steps = cfg.total_steps - cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            main = optax.cosine_decay_schedule(lr, decay_steps, alpha=cfg.end_lr_ratio)
+        else:
+            main = optax.linear_schedule(lr, lr * cfg.end_lr_ratio, decay_steps)
+    if cfg.warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(0.0, lr, cfg.warmup_steps)
+    return optax.join_schedules([warmup, main], [cfg.warmup_steps])
+
+
+def _decay_mask(params):
+    return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """``clip_by_global_norm`` (if any) then AdamW with the schedule."""
+    adamw = optax.adamw(
+        learning_rate_schedule(cfg),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        mask=_decay_mask,
+    )
+    if cfg.grad_clip is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything the update step reads and writes.
+
+    step: int32 scalar, updates applied so far. params: ``nnx.State`` of the model's
+    Params. opt_state: the optax state. rng: PRNG key (fold with ``step`` for per-step
+    randomness). skipped: int32 scalar, updates skipped because the loss or the gradient
+    was not finite. graphdef (static): the model structure, for ``nnx.merge``.
+    """
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+    rng: jax.Array
+    skipped: jax.Array
+    graphdef: nnx.GraphDef = dataclasses.field(metadata=dict(static=True))
+
+    def model(self) -> nnx.Module:
+        """The model with this state's parameters (inside or outside jit)."""
+        return nnx.merge(self.graphdef, self.params)
+
+    def replace(self, **kw) -> TrainState:
+        return dataclasses.replace(self, **kw)
+
+
+def create_train_state(
+    model: nnx.Module, tx: optax.GradientTransformation, *, seed: int = 0
+) -> TrainState:
+    """A fresh state from a model (its current parameters) and an optimiser.
+
+    Every piece of model state must be an ``nnx.Param``: other variables (caches, counters)
+    would silently not be trained or carried, so they raise.
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError(
+            f"model has non-Param state that TrainState would not carry: "
+            f"{jax.tree.map(jnp.shape, rest)}"
+        )
+    graphdef, params = nnx.split(model, nnx.Param)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(seed)),
+        skipped=jnp.zeros((), jnp.int32),
+        graphdef=graphdef,
+    )
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def train_state_shardings(
+    state: TrainState, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules = TRAIN_RULES
+) -> TrainState:
+    """A TrainState-shaped tree of NamedShardings.
+
+    Params follow their logical axes under ``rules``; the optimiser's per-parameter
+    buffers (Adam moments) follow their parameter; counters and the key are replicated.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    param_sh = state_shardings(state.params, mesh, rules)
+    opt_sh = optax.tree_map_params(
+        tx,
+        lambda _, s: s,
+        state.opt_state,
+        param_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=_is_var,
+    )
+    return TrainState(
+        step=replicated,
+        params=param_sh,
+        opt_state=opt_sh,
+        rng=replicated,
+        skipped=replicated,
+        graphdef=state.graphdef,
+    )
+
+
+def shard_train_state(
+    state: TrainState, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules = TRAIN_RULES
+) -> tuple[TrainState, TrainState]:
+    """(state placed on ``mesh``, its shardings tree)."""
+    shardings = train_state_shardings(state, tx, mesh, rules)
+    return jax.device_put(state, shardings), shardings

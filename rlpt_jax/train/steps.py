@@ -1,0 +1,358 @@
+"""The jitted device steps: per-token log-probs and the policy update.
+
+Shape legend: B sequences, T tokens, D model width, V vocab, M micro-batches,
+C chunks of ``chunk`` tokens along T (C·chunk ≥ T).
+
+Log-prob alignment (see ``rlpt_jax.train.batch``): ``logp[b, t] = log π(tokens[b, t] |
+tokens[b, <t])`` within the token's segment; 0 where the token has no prediction (the
+first token of a segment, padding). The model's hidden state at t − 1 scores token t, so
+the vocabulary projection runs on ``h[:, :-1]`` against ``tokens[:, 1:]``.
+
+The vocabulary projection is the largest activation (``[B, T, V]``, 400 MB for 8×256
+tokens of a 49k vocabulary). It is never formed whole: a ``lax.map`` over C chunks of
+T computes ``[B, chunk, V]`` logits, gathers the target's log-softmax (and the
+entropy), and keeps only ``[B, chunk]`` results. With ``logits_remat`` the backward
+pass recomputes each chunk's logits instead of storing them (one more ``B·T·D·V``
+matmul, for ``[B, T, V]`` less memory).
+
+The update step averages micro-batch gradients with weights equal to each micro-batch's
+share of the loss normaliser (tokens for token-mean losses, sequences for sequence-mean
+losses, rows for a constant normaliser), which makes it equal to the full-batch step.
+A non-finite loss or gradient leaves the state unchanged except for ``skipped += 1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlpt_jax.train.batch import RLBatch
+from rlpt_jax.train.state import TrainState
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Options of the jitted steps.
+
+    ``micro_batches``: M, gradient accumulation steps per update (B must divide by M, and
+    B/M by the mesh's batch shards). ``remat``: recompute each decoder layer in the
+    backward pass (less memory, ~1/3 more compute). ``chunk``: tokens along T per chunk
+    of the vocabulary projection. ``logits_remat``: recompute chunk logits in the
+    backward pass rather than store them.
+    """
+
+    micro_batches: int = 1
+    remat: bool = False
+    chunk: int = 128
+    logits_remat: bool = True
+
+    def __post_init__(self) -> None:
+        if self.micro_batches < 1:
+            raise ValueError(f"StepConfig.micro_batches must be >= 1; got {self.micro_batches}")
+        if self.chunk < 1:
+            raise ValueError(f"StepConfig.chunk must be >= 1; got {self.chunk}")
+
+
+# ---------------------------------------------------------------------------------------
+# Log-probs
+
+
+def _target_valid(segment_ids: Array) -> Array:
+    """[B, T] bool: token t has a prediction (same non-zero segment as token t − 1)."""
+    prev = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
+    return (segment_ids != 0) & (segment_ids == prev)
+
+
+def _chunk_logprobs(h: Array, targets: Array, w: Array, with_entropy: bool):
+    """h [B, c, D], targets [B, c], w [D, V] → (log-prob [B, c], entropy [B, c] or None)."""
+    logits = jnp.einsum("BcD,DV->BcV", h, w.astype(h.dtype)).astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = picked - lse
+    if not with_entropy:
+        return logp, None
+    probs = jnp.exp(logits - lse[..., None])
+    return logp, lse - jnp.sum(probs * logits, axis=-1)
+
+
+def token_logprobs(
+    model: nnx.Module,
+    tokens: Array,
+    positions: Array,
+    segment_ids: Array,
+    *,
+    chunk: int = 128,
+    remat: bool = False,
+    logits_remat: bool = True,
+    with_entropy: bool = False,
+) -> tuple[Array, Array | None]:
+    """Per-token log-probs ``[B, T]`` (and entropies ``[B, T]``) of ``tokens`` under ``model``.
+
+    Differentiable; aligned to the scored token (module docstring). The entropy at t is
+    that of the distribution that token t was drawn from.
+    """
+    b, t = tokens.shape
+    h, _ = model.hidden(tokens, positions, segment_ids=segment_ids, remat=remat)
+    # Position t of h scores token t + 1; the last position scores nothing.
+    targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+    chunk = min(chunk, t)
+    n_chunks = -(-t // chunk)
+    pad = n_chunks * chunk - t
+    if pad:
+        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    hc = h.reshape(b, n_chunks, chunk, h.shape[-1]).swapaxes(0, 1)  # [C, B, c, D]
+    tc = targets.reshape(b, n_chunks, chunk).swapaxes(0, 1)  # [C, B, c]
+    w = model.unembed_matrix()
+
+    def one(args):
+        return _chunk_logprobs(*args, w, with_entropy)
+
+    if logits_remat:
+        one = jax.checkpoint(one)
+    logp_next, ent_next = jax.lax.map(one, (hc, tc))
+    valid = _target_valid(segment_ids)
+
+    def align(x):  # [C, B, c] scored-next → [B, T] aligned to the scored token
+        x = x.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, : t - 1]
+        return jnp.where(valid, jnp.pad(x, ((0, 0), (1, 0))), 0.0)
+
+    return align(logp_next), None if ent_next is None else align(ent_next)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogProbs:
+    """Output of the log-prob step: ``logp`` [B, T], ``entropy`` [B, T] or None."""
+
+    logp: Array
+    entropy: Array | None
+
+
+jax.tree_util.register_dataclass(LogProbs, data_fields=["logp", "entropy"], meta_fields=[])
+
+
+def make_logprob_step(
+    graphdef: nnx.GraphDef,
+    cfg: StepConfig = StepConfig(),
+    *,
+    with_entropy: bool = False,
+    mesh: Mesh | None = None,
+    param_shardings: Any = None,
+) -> Callable[[nnx.State, Array, Array, Array], LogProbs]:
+    """Jitted ``(params, tokens, positions, segment_ids) → LogProbs`` for old/ref policies.
+
+    ``params``: an ``nnx.State`` of Params for ``graphdef`` (e.g. ``state.params`` or a
+    frozen reference copy). With a ``mesh``, inputs are ``[B, T]`` arrays sharded over
+    the batch axes and params as ``param_shardings``; outputs are batch-sharded.
+    """
+
+    def step(params, tokens, positions, segment_ids):
+        model = nnx.merge(graphdef, params)
+        logp, ent = token_logprobs(
+            model, tokens, positions, segment_ids, chunk=cfg.chunk, remat=False,
+            logits_remat=False, with_entropy=with_entropy,
+        )
+        return LogProbs(logp=logp, entropy=ent)
+
+    if mesh is None:
+        return jax.jit(step)
+    row = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
+    out = LogProbs(logp=row, entropy=row if with_entropy else None)
+    return jax.jit(
+        step, in_shardings=(param_shardings, row, row, row), out_shardings=out
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Objectives
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What the update step minimises.
+
+    ``loss(logp, batch, entropy) → (scalar, metrics)`` on one (micro-)batch; ``weight(batch)
+    → scalar``: the batch's share of the loss normaliser, so that the full-batch loss is
+    ``Σ_m weight_m · loss_m / Σ_m weight_m`` over any split into micro-batches.
+    ``needs_entropy``: whether ``loss`` reads the per-token entropy.
+    """
+
+    loss: Callable[[Array, RLBatch, Array | None], tuple[Array, Metrics]]
+    weight: Callable[[RLBatch], Array]
+    needs_entropy: bool = False
+
+
+def token_weight(batch: RLBatch) -> Array:
+    """Normaliser share of a token-mean loss: the number of loss tokens."""
+    return jnp.sum(batch.loss_mask)
+
+
+def sequence_weight(batch: RLBatch) -> Array:
+    """Normaliser share of a sequence-mean loss: rows with at least one loss token."""
+    return jnp.sum(jnp.any(batch.loss_mask > 0, axis=1)).astype(jnp.float32)
+
+
+def row_weight(batch: RLBatch) -> Array:
+    """Normaliser share of a constant-normalised loss: all rows."""
+    return jnp.asarray(batch.loss_mask.shape[0], jnp.float32)
+
+
+AGG_WEIGHTS: dict[str, Callable[[RLBatch], Array]] = {
+    "token_mean": token_weight,
+    "seq_mean_token_mean": sequence_weight,
+    "seq_mean_token_sum": sequence_weight,
+    "constant": row_weight,
+}
+
+
+def policy_objective(cfg) -> Objective:
+    """The clipped policy loss of ``rlpt_jax.algos.losses`` for a ``LossConfig``."""
+    from rlpt_jax.algos import losses
+
+    if cfg.agg not in AGG_WEIGHTS:
+        raise ValueError(f"no micro-batch weighting for aggregation {cfg.agg!r}")
+
+    def loss(logp: Array, batch: RLBatch, entropy: Array | None):
+        return losses.policy_loss(
+            cfg, logp, batch.old_logp, batch.advantages, batch.loss_mask,
+            ref_logp=batch.ref_logp, turn_ids=batch.turn_ids, entropy=entropy,
+        )
+
+    return Objective(loss=loss, weight=AGG_WEIGHTS[cfg.agg], needs_entropy=cfg.entropy_coef > 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Update
+
+
+def _split_micro(batch: RLBatch, m: int, mesh: Mesh | None) -> RLBatch:
+    """[B, T] fields → [M, B/M, T]; micro-batch i takes rows i, i + M, … so that every
+    device's contiguous block of rows contributes to every micro-batch."""
+    b = batch.tokens.shape[0]
+    if b % m:
+        raise ValueError(f"batch of {b} rows does not split into {m} micro-batches")
+
+    def split(x):
+        x = x.reshape(b // m, m, *x.shape[1:]).swapaxes(0, 1)
+        if mesh is not None:
+            spec = PartitionSpec(None, ("data", "fsdp"), *([None] * (x.ndim - 2)))
+            x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+        return x
+
+    return jax.tree.map(split, batch)
+
+
+def _combine_metrics(stacked: Metrics, weights: Array) -> Metrics:
+    """Per-micro-batch metrics [M] → weighted means (min/max for *_min/*_max keys)."""
+    total = jnp.maximum(weights.sum(), 1e-30)
+    out = {}
+    for k, v in stacked.items():
+        if k.endswith("_min"):
+            out[k] = v.min()
+        elif k.endswith("_max"):
+            out[k] = v.max()
+        else:
+            out[k] = jnp.sum(v * weights) / total
+    return out
+
+
+def make_update_step(
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    cfg: StepConfig = StepConfig(),
+    *,
+    mesh: Mesh | None = None,
+    state_shardings: TrainState | None = None,
+) -> Callable[[TrainState, RLBatch], tuple[TrainState, Metrics]]:
+    """Jitted ``(state, batch) → (new_state, metrics)``; the input state is donated.
+
+    With a ``mesh``, ``state_shardings`` (from ``train_state_shardings``) fixes the
+    layout of the state in and out, and every batch field is sharded over the batch
+    axes. Metrics: ``loss``, ``grad_norm`` (before clipping), ``tokens``, ``skipped``
+    (1 if this update was skipped), ``skipped_total``, plus the objective's own.
+    """
+    m = cfg.micro_batches
+
+    def micro_loss(params, graphdef, mb: RLBatch):
+        model = nnx.merge(graphdef, params)
+        logp, ent = token_logprobs(
+            model, mb.tokens, mb.positions, mb.segment_ids, chunk=cfg.chunk,
+            remat=cfg.remat, logits_remat=cfg.logits_remat,
+            with_entropy=objective.needs_entropy,
+        )
+        loss, metrics = objective.loss(logp, mb, ent)
+        w = objective.weight(mb)
+        return w * loss, (loss, w, metrics)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def step(state: TrainState, batch: RLBatch):
+        params = state.params
+        if m == 1:
+            _, grads, loss, w, metrics = _one(params, state.graphdef, batch)
+            total_w = jnp.maximum(w, 1e-30)
+            grads = jax.tree.map(lambda g: g / total_w, grads)
+        else:
+            micro = _split_micro(batch, m, mesh)
+
+            def body(acc, mb):
+                _, g, loss, w, metrics = _one(params, state.graphdef, mb)
+                acc = jax.tree.map(jnp.add, acc, g)
+                return acc, (loss, w, metrics)
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            grads, (losses_, ws, ms) = jax.lax.scan(body, zeros, micro)
+            total_w = jnp.maximum(ws.sum(), 1e-30)
+            grads = jax.tree.map(lambda g: g / total_w, grads)
+            loss = jnp.sum(losses_ * ws) / total_w
+            metrics = _combine_metrics(ms, ws)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+
+        def keep(new, old):
+            return jnp.where(ok, new, old)
+
+        new_state = state.replace(
+            step=state.step + ok.astype(jnp.int32),
+            params=jax.tree.map(keep, new_params, params),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+            skipped=state.skipped + (~ok).astype(jnp.int32),
+        )
+        out = dict(metrics)
+        out.update(
+            loss=loss,
+            grad_norm=grad_norm,
+            tokens=jnp.sum(batch.loss_mask),
+            skipped=(~ok).astype(jnp.int32),
+            skipped_total=new_state.skipped,
+        )
+        return new_state, out
+
+    def _one(params, graphdef, mb):
+        (wl, (loss, w, metrics)), g = grad_fn(params, graphdef, mb)
+        return wl, g, loss, w, metrics
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    if state_shardings is None:
+        raise ValueError("make_update_step with a mesh needs state_shardings")
+    replicated = NamedSharding(mesh, PartitionSpec())
+    row = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))  # every batch field
+    return jax.jit(
+        step,
+        donate_argnums=0,
+        in_shardings=(state_shardings, row),
+        out_shardings=(state_shardings, replicated),
+    )
