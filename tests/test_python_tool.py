@@ -206,3 +206,12 @@ def test_config_validation():
         PythonToolConfig(memory_bytes=1000)
     with pytest.raises(ValueError, match="max_output_bytes"):
         PythonToolConfig(max_output_bytes=0)
+
+
+def test_limits_in_force_inside_child():
+    tool = PythonTool(PythonToolConfig(timeout_s=3.0, memory_bytes=300 << 20, max_file_bytes=4096))
+    r = tool.run(
+        "import resource as r\n"
+        "print(r.getrlimit(r.RLIMIT_AS), r.getrlimit(r.RLIMIT_CPU), r.getrlimit(r.RLIMIT_FSIZE))"
+    )
+    assert r.stdout == f"({300 << 20}, {300 << 20}) (4, 4) (4096, 4096)\n"  # CPU: ceil(3) + 1

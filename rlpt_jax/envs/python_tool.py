@@ -6,9 +6,9 @@ several independent layers, because no single one is enough:
 * **Wall clock**: the child is a session leader; on timeout its process group is
   killed (SIGKILL). With Linux namespaces available the child is also PID 1 of its own
   PID namespace, so every process it started dies with it.
-* **Resource limits** (``setrlimit`` before exec): address space (memory bombs end in
-  ``MemoryError``), CPU seconds, number of processes (ignored by the kernel for root),
-  size of any written file.
+* **Resource limits** (``setrlimit`` by the prelude, before user code): address space
+  (memory bombs end in ``MemoryError``), CPU seconds, number of processes (ignored by
+  the kernel for root), size of any written file.
 * **Audit hook** installed by a prelude before the user code runs: process creation
   (fork, exec, spawn, ``subprocess``, ``os.system``), socket creation, and any write,
   delete, rename or chmod of a path outside the private temp dir are refused by
@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -54,8 +53,16 @@ _MARKER = "[sandbox] forbidden: "
 
 # Runs in the child as ``python -I -B -c _PRELUDE <code file>``; cwd is the temp dir.
 _PRELUDE = r"""
-import os, sys
+import os, sys, resource
 import _posixsubprocess  # cached now, so a later import is a re-import (refused below)
+
+def _limit(limits):
+    for item in limits.split(","):
+        name, value = item.split("=")
+        kind = getattr(resource, "RLIMIT_" + name)
+        hard = resource.getrlimit(kind)[1]
+        value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
+        resource.setrlimit(kind, (value, value))
 
 def _sandbox(code_path, marker, exit_code, install_hook):
     root = os.path.realpath(os.getcwd())
@@ -139,8 +146,9 @@ def _sandbox(code_path, marker, exit_code, install_hook):
         sys.addaudithook(hook)
     return source
 
+_limit(sys.argv[5])
 _source = _sandbox(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")
-del _sandbox, _posixsubprocess
+del _sandbox, _limit, _posixsubprocess, resource
 _globals = {"__name__": "__main__", "__builtins__": __builtins__}
 exec(compile(_source, "<tool>", "exec"), _globals)
 """
@@ -238,6 +246,7 @@ class PythonTool:
             _MARKER,
             str(_FORBIDDEN_EXIT),
             hook,
+            _limits_arg(cfg),
         ]
         if self._unshare is not None:
             argv = [self._unshare, *_UNSHARE, *argv]
@@ -258,8 +267,7 @@ class PythonTool:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=functools.partial(_set_limits, cfg),
+            start_new_session=True,  # no preexec_fn: forking a JAX process must stay safe
         )
         try:
             out, err, timed_out, overflow = _collect(proc, start + cfg.timeout_s, cfg)
@@ -294,17 +302,20 @@ def _unshare_path() -> str | None:
     return path if probe.returncode == 0 else None
 
 
-def _set_limits(cfg: PythonToolConfig) -> None:
-    """``preexec_fn``: runs in the forked child before exec."""
-    cpu = math.ceil(cfg.timeout_s) + 1
-    for limit, value in (
-        (resource.RLIMIT_AS, cfg.memory_bytes),
-        (resource.RLIMIT_CPU, cpu),
-        (resource.RLIMIT_FSIZE, cfg.max_file_bytes),
-        (resource.RLIMIT_NPROC, cfg.max_processes),
-        (resource.RLIMIT_CORE, 0),
-    ):
-        resource.setrlimit(limit, (value, value))
+def _limits_arg(cfg: PythonToolConfig) -> str:
+    """Rlimits for the prelude to set (soft = hard) before any user code runs.
+
+    Set inside the child rather than in a ``preexec_fn``: that would run Python
+    between fork and exec, which is unsafe in a multithreaded (e.g. JAX) parent.
+    """
+    limits = {
+        "AS": cfg.memory_bytes,
+        "CPU": math.ceil(cfg.timeout_s) + 1,
+        "FSIZE": cfg.max_file_bytes,
+        "NPROC": cfg.max_processes,
+        "CORE": 0,
+    }
+    return ",".join(f"{k}={v}" for k, v in limits.items())
 
 
 def _collect(
