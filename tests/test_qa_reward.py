@@ -93,3 +93,8 @@ def test_reward_penalised_but_em_still_reported():
 def test_reward_never_raises_on_model_output(text):
     reward, d = at2po_reward(text, ["a"])
     assert reward == -1.0 and d["answer"] is None and d["em"] == 0.0
+
+
+def test_reward_rejects_bad_penalty():
+    with pytest.raises(ValueError, match="format_penalty"):
+        at2po_reward("<answer>\\boxed{a}</answer>", "a", format_penalty=float("nan"))

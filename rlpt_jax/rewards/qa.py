@@ -15,6 +15,7 @@ Pure functions of strings; no state.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -78,6 +79,8 @@ def at2po_reward(
     extracted boxed text or ``None``). EM and F1 are reported even when the format
     fails, so a run can tell wrong answers from malformed ones.
     """
+    if not math.isfinite(format_penalty):
+        raise ValueError(f"format_penalty must be finite, got {format_penalty}")
     golds = _golds(gold)
     format_ok, reason = check_format(response)
     answer = extract_final_answer(response) if isinstance(response, str) else None
