@@ -182,6 +182,10 @@ def test_http_timeout_retries_then_fails():
         with pytest.raises(RetrievalError, match="after 2 attempts") as info:
             client.search(["slow"], topk=1)
         elapsed = time.monotonic() - start
+        for _ in range(100):  # the server thread may log the 2nd request a moment late
+            if len(server.requests) == 2:
+                break
+            time.sleep(0.01)
     assert info.value.attempts == 2 and client.attempts == 2
     assert len(server.requests) == 2
     assert sleeps == [0.01]
