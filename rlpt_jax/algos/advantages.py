@@ -45,7 +45,7 @@ def _as_float_groups(rewards: Any, *, min_n: int, name: str) -> Array:
 
 
 def grpo(rewards: Any, *, scale_by_std: bool = True, eps: float = 1e-6) -> Array:
-    """GRPO group advantage (DeepSeekMath, eq. for outcome supervision).
+    """GRPO group advantage (DeepSeekMath, Shao et al. 2024, outcome supervision).
 
     ``A_i = (r_i − mean_j r_j) / (std_j r_j + eps)`` with the population std (divide by
     n). With ``scale_by_std=False`` this is the mean-centred advantage only, identical to
@@ -60,7 +60,7 @@ def grpo(rewards: Any, *, scale_by_std: bool = True, eps: float = 1e-6) -> Array
 
 
 def drgrpo(rewards: Any) -> Array:
-    """Dr. GRPO advantage (Liu et al. 2025, "Understanding R1-Zero-like training", eq. 2).
+    """Dr. GRPO advantage (Liu et al. 2025, "Understanding R1-Zero-like training").
 
     ``A_i = r_i − mean_j r_j``: no division by the group std, which would up-weight
     prompts that are nearly always solved or always failed.

@@ -205,7 +205,7 @@ def _seq_mean_token_sum(x: Array, mask: Array, cfg: LossConfig) -> Array:
 
 
 def _constant(x: Array, mask: Array, cfg: LossConfig) -> Array:
-    """``Σ_{i,t} m·x / (B · norm_constant)`` — Dr.GRPO (Liu et al. 2025, eq. 3)."""
+    """``Σ_{i,t} m·x / (B · norm_constant)`` — Dr.GRPO (Liu et al. 2025): no length bias."""
     assert cfg.norm_constant is not None  # guaranteed by LossConfig
     return jnp.sum(jnp.where(mask > 0, x, 0.0)) / (x.shape[0] * cfg.norm_constant)
 

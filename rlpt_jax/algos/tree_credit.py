@@ -6,7 +6,7 @@ model turn), ``entropy[N]`` (mean negative log-prob of the node's sampled tokens
 root's entry is ignored) and the leaf rewards. Trees live on the host, so this is plain
 numpy float64; the batch builder copies each node's advantage onto its turn's tokens.
 
-Steps (AT²PO, arXiv 2601.04767, section 3.2):
+Steps (AT²PO, arXiv 2601.04767; spec at2po.md §2):
 
 1. Leaf rewards are z-scored within the tree, ``r̂ = (r − mean) / (std + 1e-6)``, with
    the population std; a tree whose leaves all have the same reward gets ``r̂ = 0``.
