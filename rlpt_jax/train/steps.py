@@ -316,7 +316,7 @@ def make_update_step(
             grads = jax.tree.map(lambda g: g / total_w, grads)
             loss = jnp.sum(losses_ * ws) / total_w
             metrics = _combine_metrics(ms, ws)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
