@@ -375,8 +375,8 @@ def release_rows(engine: TurnEngine, trees: Sequence[Tree]) -> None:
 class FlatRows:
     """Training rows of a batch of trees, one row per leaf, all ``[R, T]`` numpy arrays.
 
-    ``loss_mask`` is 1 on model tokens; ``turn_ids`` numbers the turns of the row (1, 2, …;
-    0 on prompt and tool tokens); ``advantages`` carries each turn's node advantage;
+    ``loss_mask`` is 1 on model tokens; ``turn_ids`` numbers the turns of the row (0, 1, …
+    on model tokens, −1 on prompt, tool and padding tokens); ``advantages`` carries each turn's node advantage;
     ``old_logp`` the sampling log-probs. ``leaf`` gives (tree index, leaf node id) per row.
     """
 
@@ -405,12 +405,12 @@ def flatten(
                 n = tree.nodes[nid]
                 tok += n.tool_tokens
                 mask += [0] * len(n.tool_tokens)
-                turn += [0] * len(n.tool_tokens)
+                turn += [-1] * len(n.tool_tokens)
                 a += [0.0] * len(n.tool_tokens)
                 lp += [0.0] * len(n.tool_tokens)
                 tok += n.model_tokens
                 mask += [1] * len(n.model_tokens)
-                turn += [depth] * len(n.model_tokens)
+                turn += [depth - 1] * len(n.model_tokens)
                 a += [float(adv[nid])] * len(n.model_tokens)
                 lp += list(n.logps)
             seqs.append(((ti, leaf), tok, mask, turn, a, lp))
@@ -424,7 +424,7 @@ def flatten(
         positions=np.zeros((r, t), np.int32),
         segment_ids=np.zeros((r, t), np.int32),
         loss_mask=np.zeros((r, t), np.float32),
-        turn_ids=np.zeros((r, t), np.int32),
+        turn_ids=np.full((r, t), -1, np.int32),
         advantages=np.zeros((r, t), np.float32),
         old_logp=np.zeros((r, t), np.float32),
         leaf=[s[0] for s in seqs],
