@@ -19,8 +19,15 @@ from rlpt_jax.train import state as S
 from rlpt_jax.train import steps as ST
 
 CFG = ModelConfig(
-    model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-    num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=True,
+    model_type="llama",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    tie_word_embeddings=True,
 )
 
 
@@ -144,8 +151,9 @@ def test_logprobs_chunked_equal_full_log_softmax(chunk):
     out = ST.make_logprob_step(graphdef, ST.StepConfig(chunk=chunk), with_entropy=True)(
         params, b.tokens, b.positions, b.segment_ids
     )
-    logits, _ = model(jnp.asarray(b.tokens), jnp.asarray(b.positions),
-                      segment_ids=jnp.asarray(b.segment_ids))
+    logits, _ = model(
+        jnp.asarray(b.tokens), jnp.asarray(b.positions), segment_ids=jnp.asarray(b.segment_ids)
+    )
     logsm = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     ref = jnp.take_along_axis(logsm, jnp.asarray(b.tokens)[:, 1:, None], axis=-1)[..., 0]
     ent = -jnp.sum(jnp.exp(logsm) * logsm, axis=-1)
@@ -190,8 +198,12 @@ def _run(tx, batch, cfg, n_steps=2, objective=None, seed=0):
 
 @pytest.mark.parametrize(
     "loss_cfg",
-    [LossConfig(), LossConfig(kind="atpo", clip_low=3e-3, clip_high=4e-3,
-                              agg="seq_mean_token_mean", kl_coef=0.1)],
+    [
+        LossConfig(),
+        LossConfig(
+            kind="atpo", clip_low=3e-3, clip_high=4e-3, agg="seq_mean_token_mean", kl_coef=0.1
+        ),
+    ],
     ids=["ppo-token-mean", "atpo-seq-mean-kl"],
 )
 def test_micro_batches_equal_full_batch(loss_cfg):
@@ -205,7 +217,8 @@ def test_micro_batches_equal_full_batch(loss_cfg):
     micro, m_micro = _run(tx, b, ST.StepConfig(chunk=16, micro_batches=4), objective=obj)
     jax.tree.map(
         lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=0),
-        _params_np(full), _params_np(micro),
+        _params_np(full),
+        _params_np(micro),
     )
     np.testing.assert_allclose(m_full["loss"], m_micro["loss"], rtol=1e-5)
     np.testing.assert_allclose(m_full["grad_norm"], m_micro["grad_norm"], rtol=1e-5)
@@ -220,7 +233,8 @@ def test_remat_and_logit_storage_do_not_change_the_step():
         other, _ = _run(tx, b, cfg, n_steps=1)
         jax.tree.map(
             lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=0),
-            _params_np(ref), _params_np(other),
+            _params_np(ref),
+            _params_np(other),
         )
 
 
@@ -270,7 +284,8 @@ def test_sharded_step_equals_single_device():
 
     jax.tree.map(
         lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
-        _params_np(single), _params_np(state),
+        _params_np(single),
+        _params_np(state),
     )
     np.testing.assert_allclose(m_single["loss"], metrics["loss"], rtol=1e-5)
     flat_expected = jax.tree.leaves(shardings.params)

@@ -159,8 +159,14 @@ def make_logprob_step(
     def step(params, tokens, positions, segment_ids):
         model = nnx.merge(graphdef, params)
         logp, ent = token_logprobs(
-            model, tokens, positions, segment_ids, chunk=cfg.chunk, remat=False,
-            logits_remat=False, with_entropy=with_entropy,
+            model,
+            tokens,
+            positions,
+            segment_ids,
+            chunk=cfg.chunk,
+            remat=False,
+            logits_remat=False,
+            with_entropy=with_entropy,
         )
         return LogProbs(logp=logp, entropy=ent)
 
@@ -168,9 +174,7 @@ def make_logprob_step(
         return jax.jit(step)
     row = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
     out = LogProbs(logp=row, entropy=row if with_entropy else None)
-    return jax.jit(
-        step, in_shardings=(param_shardings, row, row, row), out_shardings=out
-    )
+    return jax.jit(step, in_shardings=(param_shardings, row, row, row), out_shardings=out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,8 +228,14 @@ def policy_objective(cfg) -> Objective:
 
     def loss(logp: Array, batch: RLBatch, entropy: Array | None):
         return losses.policy_loss(
-            cfg, logp, batch.old_logp, batch.advantages, batch.loss_mask,
-            ref_logp=batch.ref_logp, turn_ids=batch.turn_ids, entropy=entropy,
+            cfg,
+            logp,
+            batch.old_logp,
+            batch.advantages,
+            batch.loss_mask,
+            ref_logp=batch.ref_logp,
+            turn_ids=batch.turn_ids,
+            entropy=entropy,
         )
 
     return Objective(loss=loss, weight=AGG_WEIGHTS[cfg.agg], needs_entropy=cfg.entropy_coef > 0)
@@ -286,8 +296,13 @@ def make_update_step(
     def micro_loss(params, graphdef, mb: RLBatch):
         model = nnx.merge(graphdef, params)
         logp, ent = token_logprobs(
-            model, mb.tokens, mb.positions, mb.segment_ids, chunk=cfg.chunk,
-            remat=cfg.remat, logits_remat=cfg.logits_remat,
+            model,
+            mb.tokens,
+            mb.positions,
+            mb.segment_ids,
+            chunk=cfg.chunk,
+            remat=cfg.remat,
+            logits_remat=cfg.logits_remat,
             with_entropy=objective.needs_entropy,
         )
         loss, metrics = objective.loss(logp, mb, ent)
