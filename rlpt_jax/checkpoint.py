@@ -288,8 +288,8 @@ class Checkpointer:
         (a checkpoint saved without it is never kept as a best one). Raises if ``extra`` is
         not JSON-serialisable or ``metrics`` lack the configured ``best_metric``.
         """
-        self._finish_manifests()
         if not (force or self._manager.should_save(step)):
+            self._finish_manifests()
             return False
         extra = _check_json(extra or {})
         if metrics is not None:
@@ -301,6 +301,10 @@ class Checkpointer:
                 )
         encoded, impls = _encode_keys(state)
         meta = {"format": _FORMAT, "key_impls": impls}
+        # Orbax waits for the previous save before starting one; wait here so that save's
+        # manifest is written first.
+        self._manager.wait_until_finished()
+        self._finish_manifests()
         saved = self._manager.save(
             step,
             args=ocp.args.Composite(
