@@ -1,0 +1,286 @@
+"""Experiment configuration: an ``ml_collections.ConfigDict`` in, frozen dataclasses out.
+
+Config files (``configs/*.py``) build a ``ConfigDict`` so that users can override any field
+from the command line (``--config.rollout.temperature=0.7``). At the library boundary,
+:func:`from_config_dict` converts it into :class:`ExperimentConfig`: frozen, validated
+dataclasses, many of them owned by the module that uses them (``CorpusConfig``,
+``SegmentConfig``, ``JudgeConfig``, ``LossConfig``, ``OptimConfig``, ``TreeConfig``, …). An
+unknown or misspelt key is an error that names it and lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from rlpt_jax.algos.advantages import AdvantageConfig
+from rlpt_jax.algos.losses import LossConfig
+from rlpt_jax.algos.tree_credit import CreditConfig
+from rlpt_jax.data.clean import CleanConfig
+from rlpt_jax.data.corpus import CorpusConfig
+from rlpt_jax.data.segments import SegmentConfig
+from rlpt_jax.data.tasks import TaskConfig
+from rlpt_jax.envs.search_env import SearchEnvConfig
+from rlpt_jax.parallel import MeshConfig
+from rlpt_jax.rewards.judges import JudgeConfig
+from rlpt_jax.rollout.tree import TreeConfig
+from rlpt_jax.train.state import OptimConfig
+
+METHODS = ("rlpt", "ntp", "at2po")
+EMBEDDED = "embedded"
+
+
+class ExperimentConfigError(ValueError):
+    """A config that cannot run; the message says which field and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which checkpoint to start from and how to hold it.
+
+    ``path``: a Hugging Face folder, or ``"embedded"`` for the packaged SmolLM2-135M.
+    ``tokenizer_path``: defaults to ``path``. ``remat``: per-layer rematerialisation in
+    the update step (less memory, ≈ one more forward of compute).
+    """
+
+    path: str | None = EMBEDDED
+    tokenizer_path: str | None = None
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: bool = False
+
+    def resolve(self) -> Path:
+        """The model folder; a clear error when it is not given or does not exist."""
+        if self.path is None or self.path == "":
+            raise ExperimentConfigError(
+                "no model checkpoint given: set --config.model.path=/path/to/hf_model_folder "
+                "(a Hugging Face folder with config.json and *.safetensors), or "
+                "--config.model.path=embedded for the packaged SmolLM2-135M"
+            )
+        if self.path == EMBEDDED:
+            from rlpt_jax.models.embedded import smollm2_dir
+
+            return smollm2_dir()
+        path = Path(self.path).expanduser()
+        if not (path / "config.json").is_file():
+            raise ExperimentConfigError(
+                f"model checkpoint {path} not found (no config.json there); set "
+                f"--config.model.path to a Hugging Face model folder"
+            )
+        return path
+
+    def resolve_tokenizer(self) -> Path:
+        if self.tokenizer_path:
+            return Path(self.tokenizer_path).expanduser()
+        return self.resolve()
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Sampling of completions.
+
+    ``prompts_per_step`` prompts × ``samples_per_prompt`` completions per step (RLPT
+    paper: 512 × 8). ``max_prompt_tokens`` truncates prompts from the left (the most
+    recent text is kept); ``cache_dtype`` is the KV-cache dtype.
+    """
+
+    prompts_per_step: int = 512
+    samples_per_prompt: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 8192
+    max_prompt_tokens: int = 2048
+    cache_dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        if self.prompts_per_step < 1 or self.samples_per_prompt < 1:
+            raise ExperimentConfigError(
+                "rollout.prompts_per_step and samples_per_prompt must be >= 1"
+            )
+        if self.temperature < 0:
+            raise ExperimentConfigError(f"rollout.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ExperimentConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ExperimentConfigError("rollout.max_new_tokens and max_prompt_tokens must be >= 1")
+        if self.cache_dtype not in ("float32", "bfloat16"):
+            raise ExperimentConfigError(
+                f"rollout.cache_dtype must be float32 or bfloat16, got {self.cache_dtype!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Steps and batching of the update.
+
+    ``mini_batches``: updates per rollout batch (1 = strictly on-policy). ``micro_batch_size``:
+    rows per gradient-accumulation micro-batch (0 = whole mini-batch at once).
+    ``ntp_seq_len`` / ``ntp_batch_size``: sequence length and rows per step of the NTP
+    baseline.
+    """
+
+    steps: int = 100
+    mini_batches: int = 1
+    micro_batch_size: int = 0
+    logprob_chunk: int = 1024
+    ntp_seq_len: int = 1024
+    ntp_batch_size: int = 64
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ExperimentConfigError(f"train.steps must be >= 1, got {self.steps}")
+        if self.mini_batches < 1 or self.micro_batch_size < 0:
+            raise ExperimentConfigError("train.mini_batches must be >= 1, micro_batch_size >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation every ``every`` steps (0 = only at the end).
+
+    RLPT: next-segment accuracy (greedy, same judge) on ``num_prompts`` held-out samples and
+    next-token loss on ``ntp_docs`` held-out documents (forgetting). AT²PO: greedy
+    single-chain EM on ``num_prompts`` questions of each eval dataset.
+    """
+
+    every: int = 50
+    num_prompts: int = 64
+    ntp_docs: int = 16
+    ntp_max_tokens: int = 256
+    max_new_tokens: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 50
+    keep: int = 3
+    best_metric: str | None = None
+    best_mode: str = "max"
+    export_hf: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Search backend for AT²PO: ``bm25`` over a local corpus (default: the embedded
+    Wikipedia intros) or ``http`` (a Search-R1-compatible retrieval server at ``url``)."""
+
+    backend: str = "bm25"
+    url: str | None = None
+    timeout_s: float = 30.0
+    retries: int = 3
+    index_dir: str | None = None
+
+    def __post_init__(self):
+        if self.backend not in ("bm25", "http"):
+            raise ExperimentConfigError(
+                f"search.backend must be bm25 or http, got {self.backend!r}"
+            )
+        if self.backend == "http" and not self.url:
+            raise ExperimentConfigError("search.backend='http' needs search.url")
+
+
+@dataclasses.dataclass(frozen=True)
+class QAConfig:
+    """Questions for AT²PO: ``train`` and ``eval`` are dataset names (``embedded``,
+    ``fanoutqa``) or FlashRAG jsonl paths; ``format_penalty`` is the invalid-format reward."""
+
+    train: str = "embedded"
+    eval: tuple[str, ...] = ("embedded",)
+    format_penalty: float = -1.0
+    system_prompt: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    method: str = "rlpt"
+    seed: int = 0
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    corpus: CorpusConfig = dataclasses.field(default_factory=CorpusConfig)
+    clean: CleanConfig = dataclasses.field(default_factory=CleanConfig)
+    segments: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
+    tasks: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    chat_template: bool = True
+    judge: JudgeConfig = dataclasses.field(default_factory=JudgeConfig)
+    # Generative judge: a HF folder (None = the policy's own initial weights, frozen).
+    judge_model_path: str | None = None
+    judge_max_new_tokens: int = 64
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    advantage: AdvantageConfig = dataclasses.field(default_factory=AdvantageConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    tree: TreeConfig = dataclasses.field(default_factory=TreeConfig)
+    credit: CreditConfig = dataclasses.field(default_factory=CreditConfig)
+    env: SearchEnvConfig = dataclasses.field(default_factory=SearchEnvConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    qa: QAConfig = dataclasses.field(default_factory=QAConfig)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ExperimentConfigError(
+                f"unknown method {self.method!r}; valid methods: {list(METHODS)}"
+            )
+
+
+def _to_plain(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value
+
+
+def _build(cls: type, values: Any, where: str):
+    """Instantiate dataclass ``cls`` from a mapping, recursing into dataclass fields."""
+    values = _to_plain(values)
+    if values is None:
+        return cls()
+    if dataclasses.is_dataclass(values):
+        return values
+    if not isinstance(values, dict):
+        raise ExperimentConfigError(
+            f"config.{where} must be a mapping, got {type(values).__name__}"
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ExperimentConfigError(
+            f"unknown config field(s) {', '.join(f'config.{where}.{u}' for u in unknown)}; "
+            f"valid fields of config.{where or '<root>'}: {sorted(fields)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        sub = _dataclass_type(hints[name])
+        key = f"{where}.{name}" if where else name
+        if sub is not None:
+            kwargs[name] = _build(sub, value, key)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ExperimentConfigError):
+            raise
+        raise ExperimentConfigError(f"config.{where or '<root>'}: {e}") from e
+
+
+def _dataclass_type(hint) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def from_config_dict(config: Any) -> ExperimentConfig:
+    """Validated :class:`ExperimentConfig` from a ``ConfigDict`` (or plain dict)."""
+    return _build(ExperimentConfig, config, "")
