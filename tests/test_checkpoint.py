@@ -238,3 +238,37 @@ def test_checksum_detects_same_size_corruption(tmp_path):
         data[0] ^= 0xFF
         path.write_bytes(bytes(data))
         assert "SHA-256" in verify_manifest(ckpt.step_dir(1))
+
+
+def test_train_state_round_trip_onto_fresh_sharded_state(tmp_path):
+    """The resume path of the training loop: restore onto a freshly built, sharded state."""
+    from rlpt_jax.models.config import ModelConfig
+    from rlpt_jax.models.decoder import init_model
+    from rlpt_jax.train import state as S
+
+    cfg = ModelConfig(
+        model_type="llama",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        tie_word_embeddings=True,
+    )
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    tx = S.make_optimizer(S.OptimConfig(learning_rate=1e-3))
+    saved, _ = S.shard_train_state(S.create_train_state(init_model(cfg, 0), tx, seed=1), tx, mesh)
+    saved = saved.replace(step=saved.step + 5)
+    with Checkpointer(tmp_path, CheckpointConfig(save_every=5)) as ckpt:
+        assert ckpt.save(5, saved, extra={"data_pos": 40})
+        fresh, _ = S.shard_train_state(
+            S.create_train_state(init_model(cfg, 9), tx, seed=2), tx, mesh
+        )
+        restored = ckpt.restore_latest(fresh)
+    assert restored.step == 5 and restored.extra == {"data_pos": 40}
+    assert int(restored.state.step) == 5
+    _leaves_equal(restored.state, saved)
+    for got, want in zip(jax.tree.leaves(restored.state), jax.tree.leaves(saved)):
+        assert got.sharding.is_equivalent_to(want.sharding, got.ndim)
