@@ -272,3 +272,15 @@ def test_train_state_round_trip_onto_fresh_sharded_state(tmp_path):
     _leaves_equal(restored.state, saved)
     for got, want in zip(jax.tree.leaves(restored.state), jax.tree.leaves(saved)):
         assert got.sharding.is_equivalent_to(want.sharding, got.ndim)
+
+
+def test_state_may_be_donated_right_after_an_async_save(tmp_path):
+    """save() returns after the device→host copy, so the next donated step cannot race it."""
+    state = {"w": jnp.arange(4096.0).reshape(64, 64)}
+    step = jax.jit(lambda s: {"w": s["w"] * 0 - 1}, donate_argnums=0)
+    with Checkpointer(tmp_path, CheckpointConfig(save_every=1)) as ckpt:
+        ckpt.save(1, state)
+        expected = np.asarray(state["w"]).copy()
+        state = step(state)
+        restored = ckpt.restore_latest(state)
+    np.testing.assert_array_equal(np.asarray(restored.state["w"]), expected)
