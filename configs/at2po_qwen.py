@@ -102,9 +102,8 @@ def base() -> ml_collections.ConfigDict:
         ntp_batch_size=64,
     )
     c.eval = dict(every=20, num_prompts=512, ntp_docs=0, ntp_max_tokens=256, max_new_tokens=6192)
-    c.checkpoint = dict(
-        every=20, keep=3, best_metric="eval/em_avg", best_mode="max", export_hf=True
-    )
+    c.checkpoint = dict(save_every=20, max_to_keep=3, best_metric="eval/em_avg", best_mode="max")
+    c.export_hf = True
     return c
 
 
@@ -193,7 +192,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ntp_max_tokens=128,
             max_new_tokens=160 if cpu else 48,
         )
-        c.checkpoint.every = 3 if cpu else 1
+        c.checkpoint.save_every = 3 if cpu else 1
     else:
         raise ValueError(
             f"unknown variant {variant!r} of at2po_qwen.py; valid: qwen3_4b, qwen3_8b, grpo, "

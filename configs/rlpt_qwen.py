@@ -115,9 +115,8 @@ def base() -> ml_collections.ConfigDict:
         ntp_batch_size=256,
     )
     c.eval = dict(every=50, num_prompts=512, ntp_docs=256, ntp_max_tokens=1024, max_new_tokens=8192)
-    c.checkpoint = dict(
-        every=50, keep=3, best_metric=placeholder(str), best_mode="max", export_hf=True
-    )
+    c.checkpoint = dict(save_every=50, max_to_keep=3, best_metric=placeholder(str), best_mode="max")
+    c.export_hf = True
     return c
 
 
@@ -160,7 +159,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ntp_max_tokens=128,
             max_new_tokens=48 if variant == "cpu" else 12,
         )
-        c.checkpoint.every = 6 if variant == "cpu" else 1
+        c.checkpoint.save_every = 6 if variant == "cpu" else 1
     else:
         raise ValueError(
             f"unknown variant {variant!r} of rlpt_qwen.py; "

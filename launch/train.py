@@ -39,6 +39,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 def main(argv):
     del argv
+    from absl import logging
+
+    if logging.get_verbosity() <= logging.INFO and not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO
     if _CONFIG.value is None:
         raise app.UsageError("--config=configs/<experiment>.py[:variant] is required")
     from rlpt_jax import launch_utils

@@ -19,6 +19,7 @@ from typing import Any
 from rlpt_jax.algos.advantages import AdvantageConfig
 from rlpt_jax.algos.losses import LossConfig
 from rlpt_jax.algos.tree_credit import CreditConfig
+from rlpt_jax.checkpoint import CheckpointConfig
 from rlpt_jax.data.clean import CleanConfig
 from rlpt_jax.data.corpus import CorpusConfig
 from rlpt_jax.data.segments import SegmentConfig
@@ -120,7 +121,9 @@ class TrainConfig:
     ``mini_batches``: updates per rollout batch (1 = strictly on-policy). ``micro_batch_size``:
     rows per gradient-accumulation micro-batch (0 = whole mini-batch at once).
     ``ntp_seq_len`` / ``ntp_batch_size``: sequence length and rows per step of the NTP
-    baseline.
+    baseline. ``kl_to_init``: log the KL to the initial policy every step (keeps a frozen
+    copy of the initial weights; one extra forward). ``peak_tflops``: the devices' summed
+    peak, for the model-FLOP utilisation metric (None: not reported).
     """
 
     steps: int = 100
@@ -129,6 +132,8 @@ class TrainConfig:
     logprob_chunk: int = 1024
     ntp_seq_len: int = 1024
     ntp_batch_size: int = 64
+    kl_to_init: bool = True
+    peak_tflops: float | None = None
 
     def __post_init__(self):
         if self.steps < 1:
@@ -151,15 +156,6 @@ class EvalConfig:
     ntp_docs: int = 16
     ntp_max_tokens: int = 256
     max_new_tokens: int = 512
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-    every: int = 50
-    keep: int = 3
-    best_metric: str | None = None
-    best_mode: str = "max"
-    export_hf: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +211,7 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    export_hf: bool = True
     tree: TreeConfig = dataclasses.field(default_factory=TreeConfig)
     credit: CreditConfig = dataclasses.field(default_factory=CreditConfig)
     env: SearchEnvConfig = dataclasses.field(default_factory=SearchEnvConfig)

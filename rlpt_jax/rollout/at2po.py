@@ -1,0 +1,185 @@
+"""AT²PO rollout: turn trees per question → leaf rewards → turn-wise credit → batch.
+
+Leaf reward (spec at2po.md): exact match of the ``\\boxed{}`` answer against the gold
+answers (SQuAD normalisation), or ``format_penalty`` (−1) when the response breaks the
+protocol; F1 is reported as a metric. Advantages come from
+:func:`rlpt_jax.algos.tree_credit.tree_credit` per tree, and every model token of a turn
+carries its node's advantage. A trajectory whose search failed (``tool_error``) or ran out
+of budget is a counted leaf that gets the format penalty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from rlpt_jax.algos.tree_credit import CreditConfig, tree_credit
+from rlpt_jax.rewards.qa import at2po_reward
+from rlpt_jax.rollout.policy import Policy, SampleSpec
+from rlpt_jax.rollout.tree import Tree, TreeConfig, TreeRollout, flatten, release_rows
+from rlpt_jax.train.batch import RLBatch, bucket_length, make_batch, pad_batch
+
+
+def question_prompt(policy: Policy, question: str, system_prompt: str | None) -> list[int]:
+    """Prompt ids for a question: the chat template when the tokenizer has one."""
+    tok = policy.tokenizer
+    if policy.use_chat_template:
+        messages = []
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": question})
+        return tok.encode(tok.render_chat(messages))
+    text = (system_prompt + "\n\n" if system_prompt else "") + f"Question: {question}\n"
+    return tok.encode(text)
+
+
+@dataclasses.dataclass
+class TreeBatch:
+    batch: RLBatch
+    trees: list[Tree]
+    leaf_rewards: list[dict[int, float]]
+    metrics: dict[str, float]
+
+
+def leaf_response(policy: Policy, tree: Tree, leaf: int) -> str:
+    """Decoded text of a leaf's trajectory after the prompt (model and tool tokens)."""
+    ids: list[int] = []
+    for nid in tree.path(leaf)[1:]:
+        n = tree.nodes[nid]
+        ids += n.tool_tokens + n.model_tokens
+    return policy.tokenizer.decode(ids)
+
+
+def score_tree(
+    policy: Policy, tree: Tree, golds: Sequence[str], format_penalty: float
+) -> tuple[dict[int, float], list[dict]]:
+    rewards, details = {}, []
+    for leaf in tree.leaves():
+        node = tree.nodes[leaf]
+        r, d = at2po_reward(leaf_response(policy, tree, leaf), golds, format_penalty)
+        if node.outcome in ("tool_error", "truncated"):
+            r = float(format_penalty)
+            d = dict(d, format_ok=False, reason=node.outcome)
+        node.reward = r
+        rewards[leaf] = r
+        details.append(d)
+    return rewards, details
+
+
+def at2po_rollout(
+    policy: Policy,
+    env,
+    questions: Sequence,
+    tree_cfg: TreeConfig,
+    credit: CreditConfig,
+    spec: SampleSpec,
+    system_prompt: str | None,
+    format_penalty: float,
+    seed: int,
+    row_multiple: int = 1,
+) -> TreeBatch:
+    prompts = [question_prompt(policy, q.question, system_prompt) for q in questions]
+    engine = policy.engine(spec, seed=seed)
+    rollout = TreeRollout(engine, env, policy.tokenizer.decode, policy.tokenizer.encode, tree_cfg)
+    trees = rollout.run(prompts)
+    release_rows(engine, trees)
+
+    leaf_rewards, details, advantages = [], [], []
+    for tree, q in zip(trees, questions):
+        rewards, d = score_tree(policy, tree, q.golden_answers, format_penalty)
+        leaf_rewards.append(rewards)
+        details += d
+        advantages.append(tree_credit(tree.parents, tree.entropies, rewards, credit).advantages)
+
+    rows = flatten(trees, advantages, pad_id=policy.pad_id)
+    b, t = rows.tokens.shape
+    batch = make_batch(
+        rows.tokens,
+        rows.loss_mask,
+        rows.advantages,
+        rows.old_logp,
+        segment_ids=rows.segment_ids,
+        positions=rows.positions,
+        turn_ids=rows.turn_ids,
+    )
+    batch = pad_batch(
+        batch,
+        length=bucket_length(t),
+        rows=-(-b // row_multiple) * row_multiple,
+        pad_id=policy.pad_id,
+    )
+
+    all_r = np.asarray([r for lr in leaf_rewards for r in lr.values()], np.float64)
+    unique = sum(tr.unique_tokens() for tr in trees)
+    per_leaf = sum(tr.leaf_tokens() for tr in trees)
+    m = {
+        "reward/mean": float(all_r.mean()),
+        "reward/em": float(np.mean([d["em"] for d in details])),
+        "reward/f1": float(np.mean([d["f1"] for d in details])),
+        "reward/format_ok": float(np.mean([d["format_ok"] for d in details])),
+        "rollout/leaves": float(len(all_r)),
+        "rollout/turns_per_leaf": float(
+            np.mean([len(tr.path(leaf)) - 1 for tr in trees for leaf in tr.leaves()])
+        ),
+        "rollout/response_len_mean": float(np.mean(rows.loss_mask.sum(1))),
+        "rollout/tree_token_ratio": unique / max(per_leaf, 1),
+        "rollout/turn_entropy_mean": float(
+            np.mean([n.turn_entropy for tr in trees for n in tr.nodes[1:]])
+        ),
+    }
+    for k, v in rollout.stats.outcomes.items():
+        m[f"env/{k}"] = float(v)
+    m.update({f"sampler/{k}": float(v) for k, v in engine.counters().items()})
+    return TreeBatch(batch, trees, leaf_rewards, m)
+
+
+def evaluate_qa(
+    policy: Policy,
+    env,
+    datasets: dict[str, Sequence],
+    tree_cfg: TreeConfig,
+    system_prompt: str | None,
+    format_penalty: float,
+    max_new_tokens: int,
+    stop_strings: Sequence[str],
+) -> dict[str, float]:
+    """Greedy single-chain EM / F1 per dataset and the size-weighted average (the paper's
+    validation protocol: no tree, temperature 0)."""
+    chain = dataclasses.replace(
+        tree_cfg,
+        num_chains=1,
+        rounds=0,
+        picks=0,
+        expansion="chains",
+        max_response_tokens=max_new_tokens,
+    )
+    spec = SampleSpec(
+        temperature=0.0, max_new_tokens=max_new_tokens, stop_strings=tuple(stop_strings)
+    )
+    out: dict[str, float] = {}
+    total_n, total_em = 0, 0.0
+    for name, questions in datasets.items():
+        if not questions:
+            continue
+        prompts = [question_prompt(policy, q.question, system_prompt) for q in questions]
+        engine = policy.engine(spec, seed=0)
+        trees = TreeRollout(
+            engine, env, policy.tokenizer.decode, policy.tokenizer.encode, chain
+        ).run(prompts)
+        release_rows(engine, trees)
+        ems, f1s, fmt = [], [], []
+        for tree, q in zip(trees, questions):
+            _, details = score_tree(policy, tree, q.golden_answers, format_penalty)
+            ems.append(details[0]["em"])
+            f1s.append(details[0]["f1"])
+            fmt.append(float(details[0]["format_ok"]))
+        out[f"eval/em_{name}"] = float(np.mean(ems))
+        out[f"eval/f1_{name}"] = float(np.mean(f1s))
+        out[f"eval/format_ok_{name}"] = float(np.mean(fmt))
+        total_n += len(ems)
+        total_em += float(np.sum(ems))
+    if total_n:
+        out["eval/em_avg"] = total_em / total_n
+    return out

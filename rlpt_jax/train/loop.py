@@ -1,0 +1,295 @@
+"""The training loop: ``run(config, workdir)`` for RLPT, the NTP baseline and AT²PO.
+
+Phases, in order:
+
+1. **Config** — the ``ConfigDict`` becomes validated dataclasses; the snapshot is saved.
+2. **Model** — the checkpoint is loaded straight onto the training mesh; the tokenizer,
+   the sampler-side policy and a frozen copy of the initial weights (for the KL-to-init
+   metric) are set up.
+3. **Data** — RLPT / NTP: corpus → cleaned documents → next-segment tasks (train and
+   held-out split by document). AT²PO: QA questions, the search tool and environment.
+4. **Steps** — optimiser, ``TrainState`` sharded on the mesh, the jitted update and
+   log-prob steps.
+5. **Resume** — the latest good checkpoint in ``workdir`` (state, step, data position).
+6. **Loop** — per step: rollout (sample → reward → advantages) or an NTP batch, the
+   update(s), metrics; evaluation and checkpoints on schedule.
+7. **Finish** — a final checkpoint, a Hugging Face export, a summary.
+
+Every step's randomness is a function of ``(seed, step)`` and the data streams are a
+function of ``(seed, position)``, so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from rlpt_jax import checkpoint as ckpt_lib
+from rlpt_jax import metrics as metrics_lib
+from rlpt_jax import parallel
+from rlpt_jax.models.hf_io import export_hf, load_hf
+from rlpt_jax.models.tokenizer import Tokenizer
+from rlpt_jax.rollout.policy import Policy, SampleSpec
+from rlpt_jax.train import batch as batch_lib
+from rlpt_jax.train import methods
+from rlpt_jax.train.experiment import ExperimentConfig, from_config_dict
+from rlpt_jax.train.state import (
+    OptimConfig,
+    create_train_state,
+    make_optimizer,
+    shard_train_state,
+)
+from rlpt_jax.train.steps import (
+    Objective,
+    StepConfig,
+    make_logprob_step,
+    make_update_step,
+    policy_objective,
+    token_weight,
+)
+
+
+def ntp_objective() -> Objective:
+    """Next-token cross-entropy, mean over loss tokens (the NTP baseline)."""
+
+    def loss(logp, batch, entropy):
+        mask = batch.loss_mask
+        n = jnp.maximum(mask.sum(), 1.0)
+        nll = -(logp * mask).sum() / n
+        return nll, {"ntp/nll": nll}
+
+    return Objective(loss=loss, weight=token_weight)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return int(np.random.default_rng([seed, step, 7919]).integers(0, 2**31 - 1))
+
+
+def _split_rows(batch: batch_lib.RLBatch, parts: int) -> list[batch_lib.RLBatch]:
+    """Consecutive mini-batches of rows (the update order of PPO-style epochs)."""
+    b = batch.shape[0]
+    if b % parts:
+        raise ValueError(f"{b} rows do not split into {parts} mini-batches")
+    k = b // parts
+    return [jax.tree.map(lambda x, i=i: x[i * k : (i + 1) * k], batch) for i in range(parts)]
+
+
+def _kl_k3(logp: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
+    """k3 estimate of KL(π‖π_init) over loss tokens: E[exp(r) − 1 − r], r = ref − logp."""
+    r = np.clip(ref - logp, -20, 20)
+    k3 = np.exp(r) - 1 - r
+    return float((k3 * mask).sum() / max(mask.sum(), 1.0))
+
+
+def run(config: Any, workdir: str | Path) -> dict[str, float]:
+    """Train as ``config`` says, in ``workdir`` (resuming if it holds checkpoints).
+
+    Returns the last step's metrics (and the final evaluation's).
+    """
+    # 1. Config ----------------------------------------------------------------------
+    exp: ExperimentConfig = (
+        config if isinstance(config, ExperimentConfig) else from_config_dict(config)
+    )
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if hasattr(config, "to_json_best_effort"):
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    main = jax.process_index() == 0
+    log = print if main else (lambda *a, **k: None)
+
+    # 2. Model -------------------------------------------------------------------------
+    model_dir = exp.model.resolve()
+    mesh = parallel.make_mesh(exp.mesh)
+    log(
+        f"[rlpt_jax] {exp.method} | model {model_dir} | mesh {dict(mesh.shape)} | workdir {workdir}"
+    )
+    model = load_hf(model_dir, mesh=mesh, param_dtype=exp.model.param_dtype, dtype=exp.model.dtype)
+    tokenizer = Tokenizer(exp.model.resolve_tokenizer())
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{model.cfg.vocab_size}; check config.model.tokenizer_path"
+        )
+    use_chat = exp.chat_template and tokenizer.has_chat_template
+    n_params = metrics_lib.param_count(nnx.state(model, nnx.Param))
+
+    # 3. Data --------------------------------------------------------------------------
+    data = methods.build_data(exp, tokenizer, use_chat)
+    for k, v in sorted(data.counts.items()):
+        log(f"  data {k}: {v}")
+
+    # 4. Steps -------------------------------------------------------------------------
+    total = exp.train.steps * exp.train.mini_batches
+    optim = exp.optim
+    if optim.schedule != "constant" and optim.total_steps is None:
+        optim = dataclasses.replace(optim, total_steps=total)
+    tx = make_optimizer(optim if isinstance(optim, OptimConfig) else OptimConfig(**optim))
+    state = create_train_state(model, tx, seed=exp.seed)
+    state, shardings = shard_train_state(state, tx, mesh)
+    graphdef = state.graphdef
+    objective = ntp_objective() if exp.method == "ntp" else policy_objective(exp.loss)
+    rows_per_shard = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = 1
+    row_multiple = rows_per_shard * exp.train.mini_batches
+    step_cfg = StepConfig(
+        micro_batches=micro, remat=exp.model.remat, chunk=min(exp.train.logprob_chunk, 512)
+    )
+    update = make_update_step(tx, objective, step_cfg, mesh=mesh, state_shardings=shardings)
+    logprob = make_logprob_step(graphdef, step_cfg, mesh=mesh, param_shardings=shardings.params)
+    ref_params = None
+    if exp.train.kl_to_init and exp.method != "ntp":
+        ref_params = jax.tree.map(jnp.copy, state.params)
+    policy = Policy(
+        graphdef,
+        tokenizer,
+        mesh=mesh,
+        cache_dtype=exp.rollout.cache_dtype,
+        use_chat_template=use_chat,
+    )
+
+    # 5. Resume ------------------------------------------------------------------------
+    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", exp.checkpoint)
+    start = 0
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state = restored.state
+        start = int(restored.extra["step"])
+        data.stream.position = int(restored.extra["data_position"])
+        log(f"[rlpt_jax] resumed from step {start} (data position {data.stream.position})")
+    writer = metrics_lib.MetricsWriter(workdir)
+
+    # 6. Loop --------------------------------------------------------------------------
+    spec = SampleSpec(
+        temperature=exp.rollout.temperature,
+        top_p=exp.rollout.top_p,
+        top_k=exp.rollout.top_k,
+        max_new_tokens=exp.rollout.max_new_tokens,
+        stop_strings=data.stop_strings,
+    )
+    last: dict[str, float] = {}
+    history: list[tuple[int, float]] = []
+    bar = tqdm(
+        range(start, exp.train.steps),
+        initial=start,
+        total=exp.train.steps,
+        desc=exp.method,
+        unit="step",
+        disable=not main,
+    )
+    for step in bar:
+        t0 = time.time()
+        seed = _step_seed(exp.seed, step)
+        policy.set_params(state.params)
+        if exp.method == "ntp":
+            batch, m = data.ntp_batch(row_multiple)
+        else:
+            batch, m = data.rollout(policy, spec, seed, row_multiple)
+        t_roll = time.time() - t0
+
+        if ref_params is not None:
+            dev = parallel.shard_batch(
+                {"t": batch.tokens, "p": batch.positions, "s": batch.segment_ids}, mesh
+            )
+            ref = np.asarray(logprob(ref_params, dev["t"], dev["p"], dev["s"]).logp)
+            m["kl_to_init"] = _kl_k3(np.asarray(batch.old_logp), ref, np.asarray(batch.loss_mask))
+            if exp.loss.kl_coef > 0:
+                batch = batch.replace(ref_logp=ref.astype(np.float32))
+
+        upd: dict[str, list[float]] = {}
+        for mb in _split_rows(batch, exp.train.mini_batches):
+            state, um = update(state, parallel.shard_batch(mb, mesh))
+            for k, v in jax.device_get(um).items():
+                upd.setdefault(k, []).append(float(v))
+        for k, v in upd.items():
+            m[f"train/{k}"] = float(
+                np.max(v)
+                if k.endswith("_max")
+                else np.min(v)
+                if k.endswith("_min")
+                else np.sum(v)
+                if k in ("skipped", "tokens")
+                else np.mean(v)
+            )
+        dt = time.time() - t0
+        tokens = int(np.asarray(batch.segment_ids > 0).sum())
+        m.update(
+            metrics_lib.throughput(
+                n_params,
+                tokens,
+                dt,
+                None if exp.train.peak_tflops is None else exp.train.peak_tflops * 1e12,
+            )
+        )
+        m["perf/step_s"] = dt
+        m["perf/rollout_s"] = t_roll
+        m["train/lr_step"] = float(jax.device_get(state.step))
+
+        done = step + 1
+        eval_metrics: dict[str, float] = {}
+        if (exp.eval.every and done % exp.eval.every == 0) or done == exp.train.steps:
+            policy.set_params(state.params)
+            eval_metrics = data.evaluate(policy, state, graphdef, exp)
+            m.update(eval_metrics)
+        writer.write(done, m)
+        last = m
+        key = "reward/mean" if "reward/mean" in m else "train/loss"
+        history.append((done, m.get(key, float("nan"))))
+        bar.set_postfix(
+            {
+                key.split("/")[-1]: f"{m.get(key, float('nan')):.3f}",
+                "kl": f"{m.get('kl_to_init', 0.0):.4f}",
+            }
+        )
+
+        best = exp.checkpoint.best_metric
+        ckpt.save(
+            done,
+            state,
+            extra={"step": done, "data_position": data.stream.position, "seed": exp.seed},
+            metrics=eval_metrics if best and best in eval_metrics else None,
+            force=done == exp.train.steps,
+        )
+    bar.close()
+
+    # 7. Finish ------------------------------------------------------------------------
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if exp.export_hf:
+        out = export_hf(
+            nnx.merge(graphdef, state.params),
+            workdir / "hf_export",
+            tokenizer_dir=exp.model.resolve_tokenizer(),
+        )
+        log(f"[rlpt_jax] exported Hugging Face model to {out}")
+    if main and history:
+        _summary(history, last, key)
+    (workdir / "final_metrics.json").write_text(
+        json.dumps({k: (v if math.isfinite(v) else None) for k, v in last.items()}, indent=2)
+    )
+    return last
+
+
+def _summary(history: list[tuple[int, float]], last: dict[str, float], key: str) -> None:
+    """A text reward curve and the final held-out metrics."""
+    print(f"\n{key} by step:")
+    vals = [v for _, v in history if math.isfinite(v)]
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    for s, v in history:
+        width = 0 if not math.isfinite(v) or hi == lo else int(round(30 * (v - lo) / (hi - lo)))
+        print(f"  step {s:4d}  {v:8.4f}  {'#' * width}")
+    ev = {k: v for k, v in last.items() if k.startswith("eval/")}
+    if ev:
+        print("held-out evaluation (last):")
+        for k in sorted(ev):
+            print(f"  {k:32s} {ev[k]:.4f}")
