@@ -85,6 +85,42 @@ def _chunk_logprobs(h: Array, targets: Array, w: Array, with_entropy: bool):
     return logp, lse - jnp.sum(probs * logits, axis=-1)
 
 
+def scanned_hidden(model: nnx.Module, tokens: Array, positions: Array, segment_ids: Array) -> Array:
+    """``model.hidden(tokens, positions, segment_ids=…, remat=True)`` [B, T, D], no cache,
+    with the layers run by ``lax.scan`` over their stacked parameters.
+
+    Same math as ``Decoder.hidden``. It exists because on XLA:CPU the model's Python-loop
+    remat saves nothing: once the optimisation barriers are removed, the recomputation is
+    merged with the forward pass and every layer's activations stay live (measured on
+    SmolLM2-135M, 8×256 tokens: 6.2 GB of temporaries with remat vs 6.5 GB without).
+    Inside a scan the recomputation lives in the backward loop's body, so only the layer
+    inputs [L, B, T, D] are kept.
+    """
+    from rlpt_jax.models.decoder import rope_inv_freq
+
+    cfg = model.cfg
+    dt = jnp.dtype(cfg.dtype)
+    x = jnp.take(model.embed_tokens[...], tokens, axis=0).astype(dt)
+    inv_freq = rope_inv_freq(cfg)
+    t = tokens.shape[1]
+    idx = jnp.arange(t)
+    causal = idx[None, :, None] >= idx[None, None, :]
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] != 0)
+    allowed = causal & same
+    layer_def, _ = nnx.split(model.layers[0])
+    states = [nnx.split(block)[1] for block in model.layers]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+    @jax.checkpoint
+    def body(x, layer_state):
+        block = nnx.merge(layer_def, layer_state)
+        y, _ = block(x, positions, inv_freq, lambda: allowed, None)
+        return y, None
+
+    x, _ = jax.lax.scan(body, x, stacked)
+    return model.norm(x)
+
+
 def token_logprobs(
     model: nnx.Module,
     tokens: Array,
@@ -102,7 +138,10 @@ def token_logprobs(
     that of the distribution that token t was drawn from.
     """
     b, t = tokens.shape
-    h, _ = model.hidden(tokens, positions, segment_ids=segment_ids, remat=remat)
+    if remat:
+        h = scanned_hidden(model, tokens, positions, segment_ids)
+    else:
+        h, _ = model.hidden(tokens, positions, segment_ids=segment_ids)
     # Position t of h scores token t + 1; the last position scores nothing.
     targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
     chunk = min(chunk, t)
