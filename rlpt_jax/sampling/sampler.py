@@ -58,7 +58,8 @@ class SamplerConfig:
     (KV + next-token logits) larger than this. decode_chunk: decode steps per device call
     (host checks stop strings between chunks). prefill_chunk: most tokens per row per prefill
     call (longer inputs are prefilled in several calls). min_length_bucket / min_rows: the
-    smallest prefill-length and cache-slot bucket, and the smallest row bucket.
+    smallest prefill-length bucket. min_cache_length / min_rows: the smallest slot and row
+    buckets of ``Sampler.generate`` (fewer distinct shapes, fewer compilations).
     """
 
     cache_dtype: str = "float32"
@@ -67,6 +68,7 @@ class SamplerConfig:
     decode_chunk: int = 32
     prefill_chunk: int = 512
     min_length_bucket: int = 8
+    min_cache_length: int = 16
     min_rows: int = 1
 
     def __post_init__(self):
@@ -80,7 +82,7 @@ class SamplerConfig:
             raise ValueError(f"memory_budget_bytes must be > 0, got {self.memory_budget_bytes}")
         if self.decode_chunk < 1:
             raise ValueError(f"decode_chunk must be >= 1, got {self.decode_chunk}")
-        for name in ("prefill_chunk", "min_length_bucket", "min_rows"):
+        for name in ("prefill_chunk", "min_length_bucket", "min_cache_length", "min_rows"):
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
                 raise ValueError(f"{name} must be a power of two >= 1, got {v}")
@@ -201,7 +203,7 @@ class Sampler:
                 f"(model max positions {self.model_cfg.max_position_embeddings}); shorten the "
                 f"prompt or max_new_tokens"
             )
-        return min(_pow2(needed, self.config.min_length_bucket), self.max_length)
+        return min(_pow2(needed, self.config.min_cache_length), self.max_length)
 
     def cache_nbytes(self, rows: int, length: int) -> int:
         """Device bytes of a session cache: KV + positions + next-token logits."""
