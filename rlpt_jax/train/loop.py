@@ -139,8 +139,15 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     graphdef = state.graphdef
     objective = ntp_objective() if exp.method == "ntp" else policy_objective(exp.loss)
     rows_per_shard = mesh.shape["data"] * mesh.shape["fsdp"]
-    micro = 1
-    row_multiple = rows_per_shard * exp.train.mini_batches
+    if exp.method == "ntp":
+        rows = exp.train.ntp_batch_size
+    elif exp.method == "at2po":
+        rows = exp.rollout.prompts_per_step * exp.tree.num_leaves
+    else:
+        rows = exp.rollout.prompts_per_step * exp.rollout.samples_per_prompt
+    per_update = -(-rows // exp.train.mini_batches)
+    micro = -(-per_update // exp.train.micro_batch_size) if exp.train.micro_batch_size else 1
+    row_multiple = rows_per_shard * exp.train.mini_batches * micro
     step_cfg = StepConfig(
         micro_batches=micro, remat=exp.model.remat, chunk=min(exp.train.logprob_chunk, 512)
     )
