@@ -226,6 +226,16 @@ class Sampler:
             )
         return nbytes
 
+    def stop_ids(self, params: SamplingParams) -> set[int]:
+        """EOS ids and the request's stop ids, after checking the request's stops."""
+        vocab = self.model_cfg.vocab_size
+        for t in params.stop_token_ids:
+            if not 0 <= int(t) < vocab:
+                raise SamplerError(f"stop token id {t} is not in the vocabulary (size {vocab})")
+        if params.stop and self.tokenizer is None:
+            raise SamplerError("stop strings need a tokenizer; pass one to the Sampler")
+        return set(self.eos_ids) | {int(t) for t in params.stop_token_ids}
+
     # -- entry points ---------------------------------------------------------------------
     def session(self, rows: int, length: int) -> Session:
         """An empty session with room for ``rows`` rows (it grows) of ``length`` slots."""
@@ -236,6 +246,7 @@ class Sampler:
     ) -> list[list[Sample]]:
         """n samples for each prompt (token ids). Returns [prompt][sample]."""
         prompts = _check_prompts(prompts, self.model_cfg.vocab_size)
+        self.stop_ids(params)
         needed = max(len(p) for p in prompts) + params.max_new_tokens
         length = self.length_bucket(needed)
         sess = self.session(len(prompts) * params.n, length)
@@ -451,9 +462,7 @@ class Session:
         rows = list(rows)
         self._check_rows(rows)
         sampler = self.sampler
-        stop_ids = self._stop_ids(params)
-        if params.stop and sampler.tokenizer is None:
-            raise SamplerError("stop strings need a tokenizer; pass one to the Sampler")
+        stop_ids = sampler.stop_ids(params)
         self.prefill(rows)
 
         b = self.num_rows
@@ -536,13 +545,6 @@ class Session:
                 )
             )
         return out
-
-    def _stop_ids(self, params: SamplingParams) -> set[int]:
-        vocab = self.sampler.model_cfg.vocab_size
-        for t in params.stop_token_ids:
-            if not 0 <= int(t) < vocab:
-                raise SamplerError(f"stop token id {t} is not in the vocabulary (size {vocab})")
-        return set(self.sampler.eos_ids) | {int(t) for t in params.stop_token_ids}
 
     def _find_stop(self, gen: list[int], new_from: int, stops: Sequence[str]) -> int | None:
         """Index of the generated token that completes the first stop string, if any."""
