@@ -176,6 +176,12 @@ def tiny(tmp_path_factory):
     return load_hf(path)
 
 
+@pytest.fixture(scope="module")
+def tiny_sampler(tiny):
+    """Shared across tests: every Sampler compiles its own prefill and decode functions."""
+    return Sampler(tiny)
+
+
 def _training_logprobs(model, prompt, gen, total=64):
     seq = list(prompt) + list(gen)
     pad = total - len(seq)
@@ -217,12 +223,12 @@ def test_sampler_forward_equals_decoder_cached_forward(tiny):
     tokens = jnp.asarray([[3, 4, 5, 6, 0, 0], [7, 8, 9, 10, 11, 12]], jnp.int32)
     positions = jnp.asarray([[0, 1, 2, 3, -1, -1], [0, 1, 2, 3, 4, 5]], jnp.int32)
     write = jnp.zeros(2, jnp.int32)
-    ref_h, ref_cache = tiny.hidden(
-        tokens, positions, cache=KVCache.init(cfg, 2, 16), write_index=write
+    hidden = nnx.jit(lambda m, *a, **k: m.hidden(*a, **k))
+    fwd = nnx.jit(engine.forward)
+    ref_h, ref_cache = hidden(
+        tiny, tokens, positions, cache=KVCache.init(cfg, 2, 16), write_index=write
     )
-    h, cache = engine.forward(
-        tiny, tokens, positions, SampleCache.init(cfg, 2, 16, jnp.float32), write
-    )
+    h, cache = fwd(tiny, tokens, positions, SampleCache.init(cfg, 2, 16, jnp.float32), write)
     np.testing.assert_allclose(h, ref_h, atol=1e-5)
     kv = cache.to_kv()
     np.testing.assert_array_equal(kv.pos, ref_cache.pos)
@@ -230,14 +236,14 @@ def test_sampler_forward_equals_decoder_cached_forward(tiny):
     # one decode step per row at its own length
     step_tok = jnp.asarray([[13], [14]], jnp.int32)
     step_pos = jnp.asarray([[4], [6]], jnp.int32)
-    ref_h, _ = tiny.hidden(step_tok, step_pos, cache=ref_cache, write_index=step_pos[:, 0])
-    h, _ = engine.forward(tiny, step_tok, step_pos, cache, step_pos[:, 0])
+    ref_h, _ = hidden(tiny, step_tok, step_pos, cache=ref_cache, write_index=step_pos[:, 0])
+    h, _ = fwd(tiny, step_tok, step_pos, cache, step_pos[:, 0])
     np.testing.assert_allclose(h, ref_h, atol=1e-5)
 
 
 # ---------------------------------------------------------------- sessions on the tiny model
-def test_release_reuse_and_growth_keep_results(tiny):
-    sampler = Sampler(tiny)
+def test_release_reuse_and_growth_keep_results(tiny_sampler):
+    sampler = tiny_sampler
     params = SamplingParams(max_new_tokens=6, temperature=0.0)
     ref = sampler.generate([[9, 8, 7, 6, 5]], params)[0][0]
     sess = sampler.session(rows=1, length=64)
@@ -254,8 +260,8 @@ def test_release_reuse_and_growth_keep_results(tiny):
         sess.generate([a + 7], params)
 
 
-def test_same_bucket_does_not_recompile_and_new_bucket_does(tiny):
-    sampler = Sampler(tiny)
+def test_same_bucket_does_not_recompile_and_new_bucket_does(tiny_sampler):
+    sampler = tiny_sampler
     params = SamplingParams(max_new_tokens=5, temperature=0.9, top_p=0.8, seed=2)
     sampler.generate([[1, 2, 3]], params)
     before = dict(TRACE_COUNTS)
@@ -266,8 +272,8 @@ def test_same_bucket_does_not_recompile_and_new_bucket_does(tiny):
     assert TRACE_COUNTS["prefill"] == before["prefill"] + 1
 
 
-def test_bfloat16_cache_halves_kv_bytes(tiny):
-    s32 = Sampler(tiny)
+def test_bfloat16_cache_halves_kv_bytes(tiny, tiny_sampler):
+    s32 = tiny_sampler
     s16 = Sampler(tiny, config=SamplerConfig(cache_dtype="bfloat16"))
     kv = lambda s: engine.SampleCache.nbytes(tiny.cfg, 8, 64, s.cache_dtype)  # noqa: E731
     pos = 8 * 64 * 4
@@ -279,8 +285,8 @@ def test_bfloat16_cache_halves_kv_bytes(tiny):
     assert s16.last_session.cache.k[0].dtype == jnp.bfloat16
 
 
-def test_stop_token_ids_and_eos_finish_reasons(tiny):
-    sampler = Sampler(tiny)
+def test_stop_token_ids_and_eos_finish_reasons(tiny, tiny_sampler):
+    sampler = tiny_sampler
     free = sampler.generate([[5, 6]], SamplingParams(max_new_tokens=12, temperature=0.0))[0][0]
     stop = int(free.tokens[4])
     first = int(np.argmax(free.tokens == stop))
@@ -342,12 +348,12 @@ def test_memory_budget_is_checked_before_allocating(tiny):
 
 
 # ---------------------------------------------------------------- sharding
-@pytest.mark.parametrize("shape", [(2, 2, 2), (4, 1, 2)])
-def test_sharded_sampling_equals_single_device(tiny, shape):
+def test_sharded_sampling_equals_single_device(tiny, tiny_sampler):
+    shape = (2, 2, 2)
     mesh = parallel.make_mesh(parallel.MeshConfig(*shape))
     trained = parallel.reshard_model(tiny, mesh, parallel.TRAIN_RULES)
     sharded = Sampler(trained, mesh=mesh)
-    single = Sampler(tiny)
+    single = tiny_sampler
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
     for params in (
         SamplingParams(max_new_tokens=12, temperature=0.0),
