@@ -36,6 +36,7 @@ def base() -> ml_collections.ConfigDict:
     c.seed = 0
     c.model = dict(
         path=placeholder(str),
+        arch=placeholder(str),
         tokenizer_path=placeholder(str),
         param_dtype="float32",
         dtype="bfloat16",
@@ -53,6 +54,7 @@ def base() -> ml_collections.ConfigDict:
         max_new_tokens=6192,
         max_prompt_tokens=2000,
         cache_dtype="bfloat16",
+        sampler_rows=176,
     )
     c.tree = dict(
         num_chains=10,
@@ -111,7 +113,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "qwen3_4b"
     c = base()
     if variant in ("qwen3_4b", "qwen3_8b"):
-        pass
+        c.model.arch = variant.replace("_", "-")
     elif variant == "grpo":  # GRPO: 16 independent chains, KL 0.001, clip 0.2
         c.tree.expansion = "chains"
         c.tree.num_chains, c.tree.rounds, c.tree.picks = 16, 0, 0
@@ -153,7 +155,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     elif variant == "random_tree":  # Tree-GRPO-style random expansion, same tree budget
         c.tree.expansion = "random"
-    elif variant in ("cpu", "tiny"):
+    if variant in ("grpo", "dapo", "gspo", "random_tree"):
+        c.model.arch = "qwen3-4b"
+    if variant in ("cpu", "tiny"):
         cpu = variant == "cpu"
         c.model.path = "embedded"
         c.model.dtype = "float32"

@@ -32,6 +32,7 @@ def base() -> ml_collections.ConfigDict:
     c.seed = 0
     c.model = dict(
         path=placeholder(str),
+        arch=placeholder(str),
         tokenizer_path=placeholder(str),
         param_dtype="float32",
         dtype="bfloat16",
@@ -91,6 +92,7 @@ def base() -> ml_collections.ConfigDict:
         max_new_tokens=8192,
         max_prompt_tokens=2048,
         cache_dtype="bfloat16",
+        sampler_rows=64,
     )
     c.advantage = dict(kind="grpo", scale_by_std=True)
     # On-policy GRPO, no KL; clip eps [ours: 0.2], aggregation [ours: token mean].
@@ -125,10 +127,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base()
     if variant == "qwen3_8b":
         c.mesh = dict(data=1, fsdp=8, tensor=1)  # one host, 8 GPUs
+        c.model.arch = "qwen3-8b"
     elif variant == "qwen3_8b_tpu":
         c.mesh = dict(data=-1, fsdp=16, tensor=1)  # v5p slice: fsdp within, data across
+        c.model.arch = "qwen3-8b"
     elif variant == "qwen3_4b":
         c.mesh = dict(data=1, fsdp=8, tensor=1)
+        c.model.arch = "qwen3-4b"
     elif variant in ("cpu", "tiny"):
         c.model.path = "embedded"
         c.model.dtype = "float32"

@@ -29,6 +29,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "plan shardings and memory, then 
 _DEVICE_MEMORY = flags.DEFINE_float(
     "device_memory_gb", None, "dry run: per-device memory to check the plan against"
 )
+_COMPILE = flags.DEFINE_bool("dry_run_compile", False, "dry run: also compile the update step")
 _COORD = flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
 _NPROC = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 _PID = flags.DEFINE_integer("process_id", None, "multi-host: this process's id")
@@ -58,7 +59,7 @@ def main(argv):
     if _DRY_RUN.value:
         from rlpt_jax.train import dry_run
 
-        dry_run.run(_CONFIG.value, device_memory_gb=_DEVICE_MEMORY.value)
+        dry_run.run(_CONFIG.value, device_memory_gb=_DEVICE_MEMORY.value, compile=_COMPILE.value)
         return
     loop.run(_CONFIG.value, workdir)
 

@@ -79,12 +79,27 @@ def at2po_rollout(
     format_penalty: float,
     seed: int,
     row_multiple: int = 1,
+    sampler_rows: int = 0,
 ) -> TreeBatch:
     prompts = [question_prompt(policy, q.question, system_prompt) for q in questions]
-    engine = policy.engine(spec, seed=seed)
-    rollout = TreeRollout(engine, env, policy.tokenizer.decode, policy.tokenizer.encode, tree_cfg)
-    trees = rollout.run(prompts)
-    release_rows(engine, trees)
+    # Trees are grown in waves of questions so that at most ``sampler_rows`` leaves share
+    # the sampler at once (0 = all trees in one batch).
+    per_wave = len(prompts) if sampler_rows <= 0 else max(1, sampler_rows // tree_cfg.num_leaves)
+    trees: list[Tree] = []
+    outcomes: dict[str, int] = {}
+    counters = {"prefilled_tokens": 0, "decoded_tokens": 0}
+    for w, i in enumerate(range(0, len(prompts), per_wave)):
+        engine = policy.engine(spec, seed=seed + 7919 * w)
+        rollout = TreeRollout(
+            engine, env, policy.tokenizer.decode, policy.tokenizer.encode, tree_cfg
+        )
+        wave = rollout.run(prompts[i : i + per_wave])
+        release_rows(engine, wave)
+        trees += wave
+        for k, v in rollout.stats.outcomes.items():
+            outcomes[k] = outcomes.get(k, 0) + v
+        for k, v in engine.counters().items():
+            counters[k] += v
 
     leaf_rewards, details, advantages = [], [], []
     for tree, q in zip(trees, questions):
@@ -129,9 +144,9 @@ def at2po_rollout(
             np.mean([n.turn_entropy for tr in trees for n in tr.nodes[1:]])
         ),
     }
-    for k, v in rollout.stats.outcomes.items():
+    for k, v in outcomes.items():
         m[f"env/{k}"] = float(v)
-    m.update({f"sampler/{k}": float(v) for k, v in engine.counters().items()})
+    m.update({f"sampler/{k}": float(v) for k, v in counters.items()})
     return TreeBatch(batch, trees, leaf_rewards, m)
 
 

@@ -81,9 +81,15 @@ def rlpt_rollout(
     max_prompt_tokens: int,
     seed: int,
     row_multiple: int = 1,
+    sampler_rows: int = 0,
 ) -> RLPTRollout:
     prompts = encode_prompts(policy, tasks, max_prompt_tokens)
-    groups = policy.sample(prompts, n=n, spec=spec, seed=seed)
+    # Waves of at most ``sampler_rows`` sequences bound the KV cache; each wave's seed is
+    # distinct so waves never repeat each other's samples.
+    per_wave = len(prompts) if sampler_rows <= 0 else max(1, sampler_rows // n)
+    groups = []
+    for w, i in enumerate(range(0, len(prompts), per_wave)):
+        groups += policy.sample(prompts[i : i + per_wave], n=n, spec=spec, seed=seed + 7919 * w)
     texts = [[policy.tokenizer.decode(c.tokens) for c in g] for g in groups]
     preds = [[extract_prediction(t) for t in g] for g in texts]
     items = [(p, task.reference_segments) for task, g in zip(tasks, preds) for p in g]

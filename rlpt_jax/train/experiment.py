@@ -43,11 +43,14 @@ class ModelSpec:
     """Which checkpoint to start from and how to hold it.
 
     ``path``: a Hugging Face folder, or ``"embedded"`` for the packaged SmolLM2-135M.
+    ``arch``: an architecture preset (``rlpt_jax.models.presets``) used by ``--dry_run``
+    to plan a run before the checkpoint is at hand.
     ``tokenizer_path``: defaults to ``path``. ``remat``: per-layer rematerialisation in
     the update step (less memory, ≈ one more forward of compute).
     """
 
     path: str | None = EMBEDDED
+    arch: str | None = None
     tokenizer_path: str | None = None
     param_dtype: str = "float32"
     dtype: str = "float32"
@@ -85,7 +88,9 @@ class RolloutConfig:
 
     ``prompts_per_step`` prompts × ``samples_per_prompt`` completions per step (RLPT
     paper: 512 × 8). ``max_prompt_tokens`` truncates prompts from the left (the most
-    recent text is kept); ``cache_dtype`` is the KV-cache dtype.
+    recent text is kept); ``cache_dtype`` is the KV-cache dtype. ``sampler_rows``: most
+    sequences in the sampler at once (0 = all); larger batches are generated in waves, so
+    the KV cache is bounded (the paper's 512 × 8 × 10k tokens would need ~6 TB at once).
     """
 
     prompts_per_step: int = 512
@@ -96,6 +101,7 @@ class RolloutConfig:
     max_new_tokens: int = 8192
     max_prompt_tokens: int = 2048
     cache_dtype: str = "bfloat16"
+    sampler_rows: int = 0
 
     def __post_init__(self):
         if self.prompts_per_step < 1 or self.samples_per_prompt < 1:
@@ -106,6 +112,10 @@ class RolloutConfig:
             raise ExperimentConfigError(f"rollout.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ExperimentConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.sampler_rows < 0:
+            raise ExperimentConfigError(
+                f"rollout.sampler_rows must be >= 0, got {self.sampler_rows}"
+            )
         if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ExperimentConfigError("rollout.max_new_tokens and max_prompt_tokens must be >= 1")
         if self.cache_dtype not in ("float32", "bfloat16"):

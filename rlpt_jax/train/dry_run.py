@@ -1,0 +1,216 @@
+"""Plan a run without its weights: mesh, sharding plan, per-device memory, compiled step.
+
+``launch/train.py --config=... --dry_run`` runs this on whatever devices exist — on a laptop
+CPU with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` it checks an 8-GPU or
+pod-slice config before the hardware is rented. The architecture comes from
+``config.model.path``'s ``config.json`` or, when no checkpoint is at hand, from
+``config.model.arch`` (a preset in :mod:`rlpt_jax.models.presets`).
+
+Memory per device (bytes), with P the parameter shard, Tk the tokens a device holds in one
+micro-batch, L layers, D width, F MLP width, N query heads, V vocab, T sequence length, each
+divided by the mesh axes that shard it:
+
+* parameters P·b_param, gradients P·4, AdamW moments 2·P·4;
+* activations, with per-layer remat: L·Tk·D·b_compute (saved layer inputs) plus one
+  layer's working set; without remat: L working sets. A layer's working set is
+  Tk·(6D + 3F)·b_compute + 2·Tk·T·N·4 (attention scores and probabilities, float32), and
+  the vocabulary chunk adds 3·rows·chunk·V·4 (attention is plain XLA: the T×T scores are
+  materialised, so long sequences are dominated by them);
+* the sampler's KV cache, 2·L·rows·T·K·H·b_cache, rows = one wave
+  (``rollout.sampler_rows``) over (data, fsdp), kv heads over tensor.
+
+With ``compile=True`` the update step is also lowered and compiled for abstract inputs, and
+XLA's own memory analysis is printed (slow for multi-billion-parameter models on a CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from rlpt_jax import parallel
+from rlpt_jax.models.config import ModelConfig
+from rlpt_jax.models.decoder import abstract_model
+from rlpt_jax.models.presets import preset
+from rlpt_jax.train.experiment import EMBEDDED, ExperimentConfig, from_config_dict
+
+_BYTES = {"float32": 4, "bfloat16": 2}
+GiB = 2**30
+
+
+class DoesNotFitError(RuntimeError):
+    """The planned run needs more memory per device than available."""
+
+
+@dataclasses.dataclass
+class Plan:
+    mesh_shape: dict[str, int]
+    params: list[tuple[str, tuple[int, ...], str, tuple[int, ...]]]
+    bytes: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.bytes.values()))
+
+
+def model_config(exp: ExperimentConfig, arch: str | None) -> ModelConfig:
+    path = exp.model.path
+    dtypes = dict(param_dtype=exp.model.param_dtype, dtype=exp.model.dtype)
+    if path and path != EMBEDDED and (Path(path) / "config.json").is_file():
+        return ModelConfig.from_pretrained(path, **dtypes)
+    if path == EMBEDDED:
+        return ModelConfig.from_hf_dict(preset("smollm2-135m"), **dtypes)
+    if arch is None:
+        raise ValueError(
+            "dry run needs the architecture: set --config.model.path to a folder with "
+            "config.json, or --config.model.arch to a preset (e.g. qwen3-8b)"
+        )
+    return ModelConfig.from_hf_dict(preset(arch), **dtypes)
+
+
+def _shard_shape(shape, spec, mesh) -> tuple[int, ...]:
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        out.append(dim // math.prod(mesh.shape[a] for a in axes))
+    return tuple(out)
+
+
+def plan(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> Plan:
+    _, abstract = nnx.split(abstract_model(cfg))
+    shardings = parallel.state_shardings(abstract, mesh, parallel.TRAIN_RULES)
+    rows_spec = []
+    param_elems = 0
+    for (path, var), (_, sh) in zip(nnx.to_flat_state(abstract), nnx.to_flat_state(shardings)):
+        shape = tuple(var.get_value().shape)
+        spec = sh.get_value().spec
+        local = _shard_shape(shape, spec, mesh)
+        param_elems += math.prod(local)
+        rows_spec.append((".".join(map(str, path)), shape, str(spec), local))
+
+    pb, cb = _BYTES[cfg.param_dtype], _BYTES[cfg.dtype]
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    tp = mesh.shape["tensor"]
+    tr = exp.train
+    if exp.method == "ntp":
+        rows, seq = tr.ntp_batch_size, tr.ntp_seq_len
+    elif exp.method == "at2po":
+        rows = exp.rollout.prompts_per_step * exp.tree.num_leaves
+        seq = exp.rollout.max_prompt_tokens + exp.tree.max_response_tokens
+    else:
+        rows = exp.rollout.prompts_per_step * exp.rollout.samples_per_prompt
+        seq = exp.rollout.max_prompt_tokens + exp.rollout.max_new_tokens
+    per_update = max(1, rows // tr.mini_batches)
+    micro_rows = tr.micro_batch_size or per_update
+    rows_dev = max(1, math.ceil(micro_rows / batch_shards))
+    tk = rows_dev * seq
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    n_local = max(1, cfg.num_heads // tp)
+    layer = tk * (6 * d + 3 * f / tp) * cb + 2 * tk * seq * n_local * 4
+    chunk = min(tr.logprob_chunk, seq)
+    vocab = 3 * rows_dev * chunk * cfg.vocab_size / tp * 4
+    if exp.model.remat:
+        acts = cfg.num_layers * tk * d * cb + layer + vocab
+    else:
+        acts = cfg.num_layers * layer + vocab
+    cache_b = _BYTES[exp.rollout.cache_dtype]
+    wave = exp.rollout.sampler_rows or rows
+    sample_rows = max(1, math.ceil(min(rows, wave) / batch_shards))
+    kv_local = max(1, cfg.num_kv_heads // tp)
+    kv = 2 * cfg.num_layers * sample_rows * seq * kv_local * cfg.head_dim * cache_b
+    return Plan(
+        mesh_shape=dict(mesh.shape),
+        params=rows_spec,
+        bytes={
+            "parameters": param_elems * pb,
+            "gradients": param_elems * 4,
+            "optimizer (AdamW)": 2 * param_elems * 4,
+            "activations (one micro-batch)": acts,
+            "sampler KV cache": kv,
+        },
+    )
+
+
+def run(
+    config, device_memory_gb: float | None = None, compile: bool = False, arch: str | None = None
+) -> Plan:
+    """Print the plan; raise :class:`DoesNotFitError` if it exceeds ``device_memory_gb``."""
+    exp = config if isinstance(config, ExperimentConfig) else from_config_dict(config)
+    arch = arch or exp.model.arch
+    cfg = model_config(exp, arch)
+    mesh = parallel.make_mesh(exp.mesh)
+    p = plan(exp, cfg, mesh)
+    n = sum(math.prod(s) for _, s, _, _ in p.params)
+    print(
+        f"dry run: {exp.method}, {cfg.model_type} {n / 1e9:.2f}B parameters, "
+        f"{jax.device_count()} {jax.devices()[0].platform} devices, mesh {p.mesh_shape}"
+    )
+    print(f"\n{'parameter':48s} {'shape':>22s}  {'sharding':28s} {'per device':>20s}")
+    shown = [r for r in p.params if ".layers." not in f".{r[0]}." or ".0." in f".{r[0]}."]
+    for name, shape, spec, local in shown:
+        print(f"{name[:48]:48s} {str(shape):>22s}  {spec[:28]:28s} {str(local):>20s}")
+    if len(shown) < len(p.params):
+        print(f"  (+ {len(p.params) - len(shown)} more: layers 1..{cfg.num_layers - 1} as layer 0)")
+    print("\nper-device memory estimate:")
+    for k, v in p.bytes.items():
+        print(f"  {k:32s} {v / GiB:9.2f} GiB")
+    print(f"  {'total':32s} {p.total / GiB:9.2f} GiB")
+    if compile:
+        _compile_report(exp, cfg, mesh)
+    if device_memory_gb is not None and p.total > device_memory_gb * GiB:
+        raise DoesNotFitError(
+            f"the plan needs {p.total / GiB:.1f} GiB per device but only {device_memory_gb:g} "
+            f"GiB are available (largest: "
+            f"{max(p.bytes, key=p.bytes.get)} {max(p.bytes.values()) / GiB:.1f} GiB). Shard "
+            f"more (--config.mesh.fsdp), turn on --config.model.remat, lower "
+            f"--config.train.micro_batch_size or the sequence lengths, or use bfloat16 params"
+        )
+    return p
+
+
+def _compile_report(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> None:
+    """Lower and compile the update step on abstract inputs; print XLA's memory analysis."""
+    from rlpt_jax.train.batch import RLBatch
+    from rlpt_jax.train.state import create_train_state, make_optimizer, train_state_shardings
+    from rlpt_jax.train.steps import StepConfig, make_update_step, policy_objective
+
+    tx = make_optimizer(exp.optim)
+    state = jax.eval_shape(lambda: create_train_state(_materialise(cfg), tx, seed=exp.seed))
+    shardings = train_state_shardings(state, tx, mesh)
+    rows = max(mesh.shape["data"] * mesh.shape["fsdp"], exp.train.micro_batch_size or 1)
+    seq = exp.rollout.max_prompt_tokens + exp.rollout.max_new_tokens
+    spec = jax.ShapeDtypeStruct((rows, seq), np.int32)
+    fspec = jax.ShapeDtypeStruct((rows, seq), np.float32)
+    batch = RLBatch(spec, spec, spec, fspec, spec, fspec, fspec)
+    step = make_update_step(
+        tx,
+        policy_objective(exp.loss),
+        StepConfig(remat=exp.model.remat, chunk=min(exp.train.logprob_chunk, 512)),
+        mesh=mesh,
+        state_shardings=shardings,
+    )
+    compiled = step.lower(state, batch).compile()
+    mem = compiled.memory_analysis()
+    print(
+        "\ncompiled update step (one micro-batch of "
+        f"{rows}x{seq} tokens), XLA memory analysis per device:"
+    )
+    for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"):
+        if hasattr(mem, field):
+            print(f"  {field:32s} {getattr(mem, field) / GiB:9.2f} GiB")
+
+
+def _materialise(cfg: ModelConfig):
+    from rlpt_jax.models.decoder import init_model
+
+    return init_model(cfg)
+
+
+def plan_json(p: Plan) -> str:
+    return json.dumps({"mesh": p.mesh_shape, "bytes": p.bytes}, indent=2)

@@ -1,0 +1,57 @@
+"""--dry_run: the Qwen3-8B paper config planned on 8 simulated CPU devices, no weights."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dry(*args):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch" / "train.py"),
+        "--config=configs/rlpt_qwen.py:qwen3_8b",
+        "--dry_run",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_paper_config_plan_fits_an_80gb_gpu():
+    proc = _dry("--device_memory_gb=80")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "qwen3 8.19B parameters, 8 cpu devices" in out
+    assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" in out
+    # q_proj [D=4096, N=32, H=128] is split over fsdp along D: 512 rows per device
+    assert "(4096, 32, 128)  P('fsdp', None, None)" in out and "(512, 32, 128)" in out
+    assert "per-device memory estimate" in out and "sampler KV cache" in out
+
+
+def test_plan_that_cannot_fit_fails_clearly():
+    proc = _dry("--device_memory_gb=16")
+    assert proc.returncode != 0
+    assert "DoesNotFitError: the plan needs" in proc.stderr
+    assert "only 16 GiB are available" in proc.stderr
+
+
+def test_plan_numbers_by_hand():
+    """Parameters per device = total / 8 for a fully fsdp-sharded model (plus norms)."""
+    from rlpt_jax import parallel
+    from rlpt_jax.models.config import ModelConfig
+    from rlpt_jax.models.presets import preset
+    from rlpt_jax.train import dry_run
+    from rlpt_jax.train.experiment import ExperimentConfig
+
+    exp = ExperimentConfig(mesh=parallel.MeshConfig(data=1, fsdp=8, tensor=1))
+    cfg = ModelConfig.from_hf_dict(preset("qwen3-8b"))
+    mesh = parallel.make_mesh(exp.mesh)
+    p = dry_run.plan(exp, cfg, mesh)
+    total = sum(int(__import__("math").prod(s)) for _, s, _, _ in p.params)
+    norms = sum(int(__import__("math").prod(s)) for n, s, _, _ in p.params if "norm" in n)
+    # every non-norm tensor has a dimension divisible by 8 along its fsdp axis
+    assert p.bytes["parameters"] == 4 * ((total - norms) // 8 + norms)
+    assert p.bytes["optimizer (AdamW)"] == 2 * p.bytes["parameters"]
