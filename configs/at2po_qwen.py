@@ -104,7 +104,9 @@ def base() -> ml_collections.ConfigDict:
         ntp_batch_size=64,
     )
     c.eval = dict(every=20, num_prompts=512, ntp_docs=0, ntp_max_tokens=256, max_new_tokens=6192)
-    c.checkpoint = dict(save_every=20, max_to_keep=3, best_metric="eval/em_avg", best_mode="max")
+    c.checkpoint = dict(
+        save_every=20, max_to_keep=3, best_metric="eval/em_avg", best_mode="max", async_save=True
+    )
     c.export_hf = True
     return c
 

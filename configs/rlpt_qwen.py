@@ -117,7 +117,9 @@ def base() -> ml_collections.ConfigDict:
         ntp_batch_size=256,
     )
     c.eval = dict(every=50, num_prompts=512, ntp_docs=256, ntp_max_tokens=1024, max_new_tokens=8192)
-    c.checkpoint = dict(save_every=50, max_to_keep=3, best_metric=placeholder(str), best_mode="max")
+    c.checkpoint = dict(
+        save_every=50, max_to_keep=3, best_metric=placeholder(str), best_mode="max", async_save=True
+    )
     c.export_hf = True
     return c
 

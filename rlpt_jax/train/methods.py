@@ -53,6 +53,7 @@ class RLPTMethod:
 
         idx = self.stream.take(self.exp.rollout.prompts_per_step)
         tasks = [self.data.train_tasks[i] for i in idx]
+        before = self.judge.counters.as_dict()
         out = rlpt_rollout(
             policy,
             tasks,
@@ -65,7 +66,9 @@ class RLPTMethod:
             row_multiple,
         )
         m = dict(out.metrics)
-        m.update({f"judge/{k}": float(v) for k, v in self.judge.counters.as_dict().items()})
+        # Per-step counts (not running totals), so a resumed run logs what a fresh one would.
+        after = self.judge.counters.as_dict()
+        m.update({f"judge/{k}": float(after[k] - before.get(k, 0)) for k in after})
         return out.batch, m
 
     def ntp_batch(self, row_multiple: int) -> tuple[RLBatch, dict[str, float]]:
