@@ -1,6 +1,5 @@
 """The Colab notebooks execute top to bottom on the CPU (they only import the package)."""
 
-import os
 from pathlib import Path
 
 import nbformat
