@@ -5,15 +5,17 @@ C chunks of ``chunk`` tokens along T (C·chunk ≥ T).
 
 Log-prob alignment (see ``rlpt_jax.train.batch``): ``logp[b, t] = log π(tokens[b, t] |
 tokens[b, <t])`` within the token's segment; 0 where the token has no prediction (the
-first token of a segment, padding). The model's hidden state at t − 1 scores token t, so
-the vocabulary projection runs on ``h[:, :-1]`` against ``tokens[:, 1:]``.
+first token of a segment, padding). The model's hidden state at t − 1 scores token t:
+position t of ``h`` is projected against ``tokens[:, t + 1]`` and the result shifted
+right by one.
 
 The vocabulary projection is the largest activation (``[B, T, V]``, 400 MB for 8×256
-tokens of a 49k vocabulary). It is never formed whole: a ``lax.map`` over C chunks of
-T computes ``[B, chunk, V]`` logits, gathers the target's log-softmax (and the
-entropy), and keeps only ``[B, chunk]`` results. With ``logits_remat`` the backward
-pass recomputes each chunk's logits instead of storing them (one more ``B·T·D·V``
-matmul, for ``[B, T, V]`` less memory).
+tokens of a 49k vocabulary). A ``lax.map`` over C chunks of T computes ``[B, chunk, V]``
+logits at a time, gathers the target's log-softmax (and the entropy) and returns only
+``[B, chunk]``. With ``logits_remat`` the backward pass recomputes each chunk's logits,
+so nothing of size V·T outlives a chunk (one more ``B·T·D·V`` matmul); without it the
+scan keeps each chunk's residuals for the backward pass (``[B, T, V]`` in all, but no
+recomputation), the faster choice when memory allows.
 
 The update step averages micro-batch gradients with weights equal to each micro-batch's
 share of the loss normaliser (tokens for token-mean losses, sequences for sequence-mean
@@ -46,9 +48,9 @@ class StepConfig:
 
     ``micro_batches``: M, gradient accumulation steps per update (B must divide by M, and
     B/M by the mesh's batch shards). ``remat``: recompute each decoder layer in the
-    backward pass (less memory, ~1/3 more compute). ``chunk``: tokens along T per chunk
-    of the vocabulary projection. ``logits_remat``: recompute chunk logits in the
-    backward pass rather than store them.
+    backward pass (less memory, ~1/3 more compute; see :func:`scanned_hidden`).
+    ``chunk``: tokens along T per chunk of the vocabulary projection. ``logits_remat``:
+    recompute chunk logits in the backward pass rather than store them.
     """
 
     micro_batches: int = 1
@@ -211,6 +213,8 @@ def make_logprob_step(
 
     if mesh is None:
         return jax.jit(step)
+    if param_shardings is None:
+        raise ValueError("make_logprob_step with a mesh needs param_shardings")
     row = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
     out = LogProbs(logp=row, entropy=row if with_entropy else None)
     return jax.jit(step, in_shardings=(param_shardings, row, row, row), out_shardings=out)
