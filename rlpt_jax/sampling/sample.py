@@ -32,6 +32,7 @@ class SamplingParams:
     stop: stop strings, detected on the decoded text of the generated tokens; the returned
     tokens end with the token that completed the string. stop_token_ids: extra single-token
     stops besides the model's EOS ids (finish reason ``stop``; EOS gives ``eos``).
+    ignore_eos: do not stop at the model's EOS ids (benchmarks; explicit stops still apply).
     seed: the base random key; every token's randomness is folded from (seed, sample, position)
     so results do not depend on batching or chunking.
     """
@@ -44,6 +45,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     seed: int = 0
+    ignore_eos: bool = False
 
     def __post_init__(self):
         if int(self.max_new_tokens) < 1:

@@ -234,7 +234,8 @@ class Sampler:
                 raise SamplerError(f"stop token id {t} is not in the vocabulary (size {vocab})")
         if params.stop and self.tokenizer is None:
             raise SamplerError("stop strings need a tokenizer; pass one to the Sampler")
-        return set(self.eos_ids) | {int(t) for t in params.stop_token_ids}
+        eos = set() if params.ignore_eos else set(self.eos_ids)
+        return eos | {int(t) for t in params.stop_token_ids}
 
     # -- entry points ---------------------------------------------------------------------
     def session(self, rows: int, length: int) -> Session:
@@ -523,13 +524,12 @@ class Session:
                     finish[r] = "stop"
                 elif not dev_active[r]:
                     last = g_tok[-1]
-                    finish[r] = (
-                        "eos"
-                        if last in sampler.eos_ids
-                        else "stop"
-                        if last in stop_ids
-                        else "length"
-                    )
+                    if last not in stop_ids:
+                        finish[r] = "length"
+                    elif last in sampler.eos_ids and not params.ignore_eos:
+                        finish[r] = "eos"
+                    else:
+                        finish[r] = "stop"
                 if r in finish:
                     active[r] = False
         out = []

@@ -1,0 +1,210 @@
+"""Benchmark: sampling from SmolLM2-135M on the CPU, against ``transformers.generate``.
+
+Throughput: 128 new tokens per row, sampling at T=1 (no top-k, no top-p, EOS ignored so
+every row produces 128 tokens), float32, batch 1 and batch 16. The baseline is
+``transformers`` ``generate`` (torch float32, ``do_sample=True, top_k=0, top_p=1``,
+``min_new_tokens=128``) on the same prompts, measured in the same run (in a subprocess of
+it, so that JAX's thread pool does not compete with torch's). Each side is warmed up first
+(our compilation, torch's first-call allocations) and then timed once end to end, prefill
+included.
+
+Tree: an AT²PO-shaped rollout — 10 chains of (turn, tool result, turn), then 12 forks at
+mid-depth (the state after the first tool result, before the second turn acted) that
+re-sample the second turn. Counted: tokens prefilled when forks share the cached prefix,
+against re-prefilling every branch's prefix from scratch.
+
+    .venv/bin/python bench/sampler.py          # table, then one JSON object on the last line
+
+The machine may be shared with other processes: the load average is printed with the
+numbers, and both sides of each comparison run back to back in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+NEW_TOKENS = 128
+TOPICS = [
+    "the history of the printing press",
+    "how rainbows form",
+    "the rules of chess",
+    "why the sky is blue",
+    "the life cycle of a star",
+    "how vaccines work",
+    "the causes of the French Revolution",
+    "photosynthesis",
+    "how a bicycle stays upright",
+    "the water cycle",
+    "black holes",
+    "the invention of the telephone",
+    "how bees make honey",
+    "plate tectonics",
+    "the Roman Empire",
+    "how computers add numbers",
+]
+
+
+def _prompts(tok, n: int) -> list[list[int]]:
+    out = []
+    for topic in TOPICS[:n]:
+        msgs = [{"role": "user", "content": f"Write a short explanation of {topic}."}]
+        out.append(tok.encode_chat(msgs))
+    return out
+
+
+def _load():
+    from rlpt_jax.models import embedded
+    from rlpt_jax.models.hf_io import load_hf
+    from rlpt_jax.models.tokenizer import Tokenizer
+
+    path = embedded.smollm2_dir()
+    return path, load_hf(path), Tokenizer(path)
+
+
+def bench_ours(sampler, prompts) -> float:
+    from rlpt_jax.sampling import SamplingParams
+
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, ignore_eos=True)
+    sampler.generate(prompts, params)  # compile
+    t = time.perf_counter()
+    out = sampler.generate(prompts, SamplingParams(**{**params.__dict__, "seed": 1}))
+    dt = time.perf_counter() - t
+    assert all(len(s.tokens) == NEW_TOKENS for g in out for s in g)
+    return len(prompts) * NEW_TOKENS / dt
+
+
+def bench_hf(hf, prompts, pad_id: int) -> float:
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding, as decoder-only batching requires
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    kw = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, pad_token_id=pad_id)
+    with torch.no_grad():
+        hf.generate(ids, attention_mask=mask, max_new_tokens=8, **kw)  # warm-up
+        t = time.perf_counter()
+        out = hf.generate(
+            ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **kw
+        )
+        dt = time.perf_counter() - t
+    assert out.shape[1] - width == NEW_TOKENS
+    return len(prompts) * NEW_TOKENS / dt
+
+
+def bench_tree(sampler, tok, fork: bool, chains: int = 10, forks: int = 12, turn: int = 32):
+    """One AT²PO-shaped tree; returns (tokens prefilled, tokens decoded, seconds)."""
+    from rlpt_jax.sampling import SamplingParams
+
+    prompt = tok.encode_chat(
+        [
+            {
+                "role": "user",
+                "content": "Who designed the Eiffel Tower, "
+                "and in which year was it completed? Search if needed.",
+            }
+        ]
+    )
+    tool = tok.encode(
+        " <result>\nPage 1: The Eiffel Tower was designed by the company of "
+        "Gustave Eiffel and completed in 1889 for the World's Fair.\n</result>\n"
+    )
+    params = SamplingParams(max_new_tokens=turn, temperature=1.0, ignore_eos=True, seed=3)
+    t0 = time.perf_counter()
+    sess = sampler.session(rows=chains + forks, length=256)
+    refills = 0
+    if fork:
+        (root,) = sess.add([prompt])
+        rows = [root, *sess.fork(root, chains - 1)]
+    else:
+        rows = sess.add([prompt] * chains)
+    sess.generate(rows, params)  # turn 1
+    sess.append(rows, [tool] * chains)
+    mid = {r: len(sess.tokens(r)) for r in rows}  # state before turn 2 acted
+    sess.generate(rows, params)  # turn 2
+    picks = [rows[i % chains] for i in range(forks)]  # "top-K nodes", repeated if fewer
+    if fork:
+        branches = [b for r in picks for b in sess.fork(r, 1, length=mid[r])]
+    else:
+        prefixes = [sess.tokens(r)[: mid[r]] for r in picks]
+        branches = sess.add(prefixes)
+        refills = sum(len(p) for p in prefixes)
+    sess.generate(branches, params)  # re-sampled turn 2 of each fork
+    dt = time.perf_counter() - t0
+    assert fork or refills <= sess.prefilled_tokens
+    return sess.prefilled_tokens, sess.decoded_tokens, dt
+
+
+def hf_part(bs: int) -> None:
+    """The transformers baseline in its own process: XLA's CPU thread pool (still spinning
+    after our calls) would otherwise compete with torch's threads inside one process."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlpt_jax.models import embedded
+    from rlpt_jax.models.tokenizer import Tokenizer
+
+    path = embedded.smollm2_dir()
+    tok = Tokenizer(path)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok_s = bench_hf(hf, _prompts(tok, bs), tok.pad_id)
+    print(json.dumps({"tok_s": tok_s, "threads": torch.get_num_threads()}))
+
+
+def run_hf(bs: int) -> float:
+    cmd = [sys.executable, __file__, "--hf", str(bs)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["tok_s"]
+
+
+def main() -> None:
+    from rlpt_jax.sampling import Sampler
+
+    path, model, tok = _load()
+    sampler = Sampler(model, tok)
+    print(f"load average {os.getloadavg()}")
+
+    rows = []
+    result = {}
+    for bs in (1, 16):
+        prompts = _prompts(tok, bs)
+        ours = bench_ours(sampler, prompts)
+        ref = run_hf(bs)
+        rows.append((bs, ours, ref, ours / ref, os.getloadavg()[0]))
+        result[f"speedup_bs{bs}"] = round(ours / ref, 3)
+        result[f"tok_s_bs{bs}"] = round(ours, 2)
+        result[f"hf_tok_s_bs{bs}"] = round(ref, 2)
+
+    print(f"\n{'batch':>5} | {'ours tok/s':>10} | {'HF tok/s':>9} | {'speedup':>7} | load")
+    for bs, ours, ref, sp, load in rows:
+        print(f"{bs:>5} | {ours:>10.1f} | {ref:>9.1f} | {sp:>6.2f}x | {load:.2f}")
+
+    bench_tree(sampler, tok, fork=True)  # compile the tree's shapes
+    shared = bench_tree(sampler, tok, fork=True)
+    refill = bench_tree(sampler, tok, fork=False)
+    print("\nAT2PO tree (10 chains, 12 forks at mid-depth, 32-token turns)")
+    print(f"{'mode':>22} | {'prefilled':>9} | {'decoded':>7} | seconds")
+    print(f"{'fork (shared prefix)':>22} | {shared[0]:>9} | {shared[1]:>7} | {shared[2]:.2f}")
+    print(f"{'re-prefill branches':>22} | {refill[0]:>9} | {refill[1]:>7} | {refill[2]:.2f}")
+    result["fork_prefill_tokens"] = shared[0]
+    result["refill_prefill_tokens"] = refill[0]
+    result["fork_prefill_ratio"] = round(shared[0] / refill[0], 4)
+    result["load_average"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--hf":
+        hf_part(int(sys.argv[2]))
+    else:
+        main()
