@@ -3,9 +3,10 @@
 Batch 8 × 256 tokens, float32, PPO-clip loss on every token after the first. Reported
 against two baselines measured in the same run: the machine's matmul ceiling (jitted
 2048² float32 matmul, GFLOP/s) and a ``transformers`` + ``torch.optim.AdamW`` step on the
-same batch. Peak resident memory of the JAX step is measured with and without per-layer
-remat, each in its own subprocess (``ru_maxrss``), along with XLA's own temporary-buffer
-size for the compiled step.
+same batch. Peak resident memory of the JAX step is measured with and without
+``StepConfig.remat`` (per-layer recomputation; chunk logits are then recomputed too),
+each in its own subprocess (``ru_maxrss``), along with XLA's own temporary-buffer size
+for the compiled step.
 
 Model FLOPs per token (PaLM appendix B convention, no causal halving): 6·N for the
 N parameters used in matmuls (tied embedding counted once, as the output head) plus
@@ -77,7 +78,7 @@ def model_flops_per_token(cfg) -> float:
     return 6 * n_params + 12 * n_layers * LENGTH * cfg.num_heads * cfg.head_dim
 
 
-def part_jax(remat: bool, chunk: int, logits_remat: bool) -> dict:
+def part_jax(remat: bool, chunk: int, logits_remat: bool | None) -> dict:
     import jax
     import numpy as np
 
@@ -185,11 +186,12 @@ def main() -> None:
     ap.add_argument("--part", choices=("all", "jax", "torch", "matmul"), default="all")
     ap.add_argument("--remat", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=128)
-    ap.add_argument("--logits-remat", type=int, default=0)
+    ap.add_argument("--logits-remat", type=int, default=-1, help="-1: follow --remat")
     a = ap.parse_args()
     jax_args = ["--chunk", str(a.chunk), "--logits-remat", str(a.logits_remat)]
     if a.part == "jax":
-        print(json.dumps(part_jax(bool(a.remat), a.chunk, bool(a.logits_remat))))
+        logits_remat = None if a.logits_remat < 0 else bool(a.logits_remat)
+        print(json.dumps(part_jax(bool(a.remat), a.chunk, logits_remat)))
         return
     if a.part == "torch":
         print(json.dumps(part_torch()))

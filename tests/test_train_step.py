@@ -229,7 +229,7 @@ def test_remat_and_logit_storage_do_not_change_the_step():
     tx = S.make_optimizer(S.OptimConfig(learning_rate=1e-3))
     b = _batch()
     ref, _ = _run(tx, b, ST.StepConfig(chunk=4), n_steps=1)
-    for cfg in (ST.StepConfig(chunk=4, remat=True), ST.StepConfig(chunk=16, logits_remat=False)):
+    for cfg in (ST.StepConfig(chunk=4, remat=True), ST.StepConfig(chunk=16, logits_remat=True)):
         other, _ = _run(tx, b, cfg, n_steps=1)
         jax.tree.map(
             lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=0),

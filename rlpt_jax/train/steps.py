@@ -50,13 +50,18 @@ class StepConfig:
     B/M by the mesh's batch shards). ``remat``: recompute each decoder layer in the
     backward pass (less memory, ~1/3 more compute; see :func:`scanned_hidden`).
     ``chunk``: tokens along T per chunk of the vocabulary projection. ``logits_remat``:
-    recompute chunk logits in the backward pass rather than store them.
+    recompute chunk logits in the backward pass rather than store them; None (default)
+    follows ``remat``, so ``remat=True`` is the memory-lean setting throughout.
     """
 
     micro_batches: int = 1
     remat: bool = False
     chunk: int = 128
-    logits_remat: bool = True
+    logits_remat: bool | None = None
+
+    @property
+    def recompute_logits(self) -> bool:
+        return self.remat if self.logits_remat is None else self.logits_remat
 
     def __post_init__(self) -> None:
         if self.micro_batches < 1:
@@ -345,7 +350,7 @@ def make_update_step(
             mb.segment_ids,
             chunk=cfg.chunk,
             remat=cfg.remat,
-            logits_remat=cfg.logits_remat,
+            logits_remat=cfg.recompute_logits,
             with_entropy=objective.needs_entropy,
         )
         loss, metrics = objective.loss(logp, mb, ent)
