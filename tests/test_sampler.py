@@ -260,6 +260,28 @@ def test_release_reuse_and_growth_keep_results(tiny_sampler):
         sess.generate([a + 7], params)
 
 
+def test_generating_a_few_rows_of_a_large_session_uses_a_compact_batch(tiny_sampler):
+    """Rows decoded on a compact copy are written back; the other rows are untouched."""
+    sampler = tiny_sampler
+    params = SamplingParams(max_new_tokens=7, temperature=1.0, seed=4)
+    prompts = [[3 + i, 4 + i, 5 + i] for i in range(8)]
+    sess = sampler.session(rows=8, length=64)
+    rows = sess.add(prompts)
+    a, b = sess.generate([rows[5], rows[2]], params)
+    assert TRACE_COUNTS["put"] >= 1  # the write-back of a compact pass exists
+    (c,) = sess.generate([rows[6]], params)
+    full = sampler.session(rows=8, length=64)
+    frows = full.add(prompts)
+    ref = full.generate(frows, params)  # every row at once: no compaction
+    for got, want in ((a, ref[5]), (b, ref[2]), (c, ref[6])):
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+        np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-6)
+    # continuing a compacted row continues from its written-back cache
+    (d,) = sess.generate([rows[5]], params)
+    (e,) = full.generate([frows[5]], params)
+    np.testing.assert_array_equal(d.tokens, e.tokens)
+
+
 def test_same_bucket_does_not_recompile_and_new_bucket_does(tiny_sampler):
     sampler = tiny_sampler
     params = SamplingParams(max_new_tokens=5, temperature=0.9, top_p=0.8, seed=2)

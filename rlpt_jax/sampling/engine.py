@@ -71,10 +71,11 @@ class SampleCache:
         )
 
     def put(self, rows: jax.Array, sub: SampleCache) -> SampleCache:
+        """Rows ``rows`` replaced by ``sub``; out-of-range row indices are dropped."""
         return SampleCache(
-            k=tuple(x.at[rows].set(s) for x, s in zip(self.k, sub.k, strict=True)),
-            v=tuple(x.at[rows].set(s) for x, s in zip(self.v, sub.v, strict=True)),
-            pos=self.pos.at[rows].set(sub.pos),
+            k=tuple(x.at[rows].set(s, mode="drop") for x, s in zip(self.k, sub.k, strict=True)),
+            v=tuple(x.at[rows].set(s, mode="drop") for x, s in zip(self.v, sub.v, strict=True)),
+            pos=self.pos.at[rows].set(sub.pos, mode="drop"),
         )
 
     def to_kv(self) -> KVCache:
@@ -279,3 +280,16 @@ def take_rows(constrain, cache: SampleCache, logits: jax.Array, perm: jax.Array)
     """Row i of the result = row perm[i] of the input (fork, compaction, growth by padding)."""
     TRACE_COUNTS["take"] += 1
     return constrain(cache.take(perm), logits[perm])
+
+
+def put_rows(
+    constrain,
+    cache: SampleCache,
+    logits: jax.Array,
+    rows: jax.Array,
+    sub: SampleCache,
+    sub_logits: jax.Array,
+):
+    """Write a compact sub-batch back into rows ``rows`` (out-of-range entries dropped)."""
+    TRACE_COUNTS["put"] += 1
+    return constrain(cache.put(rows, sub), logits.at[rows].set(sub_logits, mode="drop"))

@@ -162,6 +162,7 @@ class Sampler:
             donate_argnums=(2, 3),
         )
         self._take = jax.jit(functools.partial(engine.take_rows, con))
+        self._put = jax.jit(functools.partial(engine.put_rows, con), donate_argnums=(0, 1))
 
     # -- layout -------------------------------------------------------------------------
     def _spec(self, axes, shape):
@@ -466,15 +467,26 @@ class Session:
         stop_ids = sampler.stop_ids(params)
         self.prefill(rows)
 
-        b = self.num_rows
-        length = np.array([len(t) if t is not None else 0 for t in self._tokens], np.int32)
+        # Decode on a compact copy of just these rows when that is a smaller bucket (e.g. a
+        # few forks in a large tree session); local index i is session row idx[i].
+        b = sampler.rows_bucket(len(rows))
+        compact = b < self.num_rows
+        if compact:
+            idx = rows + [rows[0]] * (b - len(rows))
+            cache, logits = sampler._take(self.cache, self.logits, np.asarray(idx, np.int32))
+        else:
+            idx, b = list(range(self.num_rows)), self.num_rows
+            cache, logits = self.cache, self.logits
+        local = {r: i for i, r in enumerate(idx[: len(rows)] if compact else idx) if r in rows}
+        length = np.array([len(self._tokens[r] or ()) for r in idx], np.int32)
         active = np.zeros(b, bool)
         budget = np.zeros(b, np.int32)
         for r in rows:
-            budget[r] = min(params.max_new_tokens, self.length - length[r])
-            active[r] = budget[r] > 0
+            i = local[r]
+            budget[i] = min(params.max_new_tokens, self.length - length[i])
+            active[i] = budget[i] > 0
         gen = {r: ([], [], []) for r in rows}
-        finish: dict[int, str] = {r: "length" for r in rows if not active[r]}
+        finish: dict[int, str] = {r: "length" for r in rows if not active[local[r]]}
         static = engine.DecodeStatic(
             steps=sampler.config.decode_chunk,
             greedy=params.greedy,
@@ -486,14 +498,14 @@ class Session:
         temperature = np.float32(params.temperature if not params.greedy else 1.0)
         top_p = np.float32(params.top_p)
         seed = np.uint32(params.seed % 2**32)
-        uid = self._uid.astype(np.uint32)
+        uid = self._uid[idx].astype(np.uint32)
 
         while active.any():
-            (self.cache, self.logits, _, dev_active, tok, lp, ent, _) = sampler._decode(
+            (cache, logits, _, dev_active, tok, lp, ent, _) = sampler._decode(
                 static,
                 sampler.state,
-                self.cache,
-                self.logits,
+                cache,
+                logits,
                 length,
                 active,
                 budget,
@@ -507,22 +519,23 @@ class Session:
             for r in rows:
                 if r in finish:
                     continue
-                got = int(np.sum(tok[r] >= 0))
+                i = local[r]
+                got = int(np.sum(tok[i] >= 0))
                 g_tok, g_lp, g_ent = gen[r]
                 before = len(g_tok)
-                g_tok.extend(tok[r, :got].tolist())
-                g_lp.extend(lp[r, :got].tolist())
-                g_ent.extend(ent[r, :got].tolist())
-                self._tokens[r].extend(tok[r, :got].tolist())
+                g_tok.extend(tok[i, :got].tolist())
+                g_lp.extend(lp[i, :got].tolist())
+                g_ent.extend(ent[i, :got].tolist())
+                self._tokens[r].extend(tok[i, :got].tolist())
                 self._cached[r] += got
                 self.decoded_tokens += got
-                length[r] += got
-                budget[r] -= got
+                length[i] += got
+                budget[i] -= got
                 cut = self._find_stop(g_tok, before, params.stop) if params.stop else None
                 if cut is not None:
                     self._cut(r, gen[r], cut)
                     finish[r] = "stop"
-                elif not dev_active[r]:
+                elif not dev_active[i]:
                     last = g_tok[-1]
                     if last not in stop_ids:
                         finish[r] = "length"
@@ -531,7 +544,13 @@ class Session:
                     else:
                         finish[r] = "stop"
                 if r in finish:
-                    active[r] = False
+                    active[i] = False
+        if compact:
+            # Padding entries point past the last row: their scatter is dropped.
+            dest = np.asarray(rows + [self.num_rows] * (b - len(rows)), np.int32)
+            self.cache, self.logits = sampler._put(self.cache, self.logits, dest, cache, logits)
+        else:
+            self.cache, self.logits = cache, logits
         out = []
         for r in rows:
             g_tok, g_lp, g_ent = gen[r]
