@@ -143,7 +143,7 @@ def test_weight_decay_skips_vectors():
 # Log-probs
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 64])
+@pytest.mark.parametrize("chunk", [3, 64])
 def test_logprobs_chunked_equal_full_log_softmax(chunk):
     model = init_model(CFG, 1)
     b = _batch(packed=True)
@@ -225,17 +225,17 @@ def test_micro_batches_equal_full_batch(loss_cfg):
     assert int(full.step) == int(micro.step) == 2
 
 
-def test_remat_and_logit_storage_do_not_change_the_step():
+def test_remat_does_not_change_the_step():
+    """remat=True recomputes layers (scanned) and chunk logits; the update is the same."""
     tx = S.make_optimizer(S.OptimConfig(learning_rate=1e-3))
     b = _batch()
     ref, _ = _run(tx, b, ST.StepConfig(chunk=4), n_steps=1)
-    for cfg in (ST.StepConfig(chunk=4, remat=True), ST.StepConfig(chunk=16, logits_remat=True)):
-        other, _ = _run(tx, b, cfg, n_steps=1)
-        jax.tree.map(
-            lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=0),
-            _params_np(ref),
-            _params_np(other),
-        )
+    other, _ = _run(tx, b, ST.StepConfig(chunk=4, remat=True), n_steps=1)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=0),
+        _params_np(ref),
+        _params_np(other),
+    )
 
 
 @pytest.mark.parametrize("field", ["advantages", "old_logp"])
