@@ -359,3 +359,13 @@ def test_scanned_hidden_equals_model_hidden():
     g_ref = nnx.to_pure_dict(jax.grad(loss)(params, False))
     g_scan = nnx.to_pure_dict(jax.grad(loss)(params, True))
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-8), g_ref, g_scan)
+
+
+def test_weight_decay_mask_on_model_state():
+    tx = S.make_optimizer(S.OptimConfig(learning_rate=0.1, weight_decay=0.5, grad_clip=1.0))
+    state = _state(tx)
+    zero = jax.tree.map(jnp.zeros_like, state.params)
+    upd, _ = tx.update(zero, state.opt_state, state.params)
+    upd, params = nnx.to_pure_dict(upd), nnx.to_pure_dict(state.params)
+    np.testing.assert_allclose(upd["norm"]["weight"], 0.0)
+    np.testing.assert_allclose(upd["embed_tokens"], -0.05 * params["embed_tokens"], rtol=1e-6)
