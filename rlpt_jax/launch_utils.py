@@ -48,3 +48,13 @@ def default_workdir(argv: Sequence[str]) -> str:
             stem = os.path.splitext(os.path.basename(m.group(1)))[0]
             return os.path.join("runs", stem + (f"_{m.group(2)}" if m.group(2) else ""))
     return os.path.join("runs", "run")
+
+
+def enable_compilation_cache() -> None:
+    """Persist compiled XLA programs (``$JAX_COMPILATION_CACHE_DIR`` or the rlpt_jax cache),
+    so a second run of the same config skips most compilation."""
+    from rlpt_jax.assets import cache_dir
+
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(cache_dir() / "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
