@@ -44,6 +44,21 @@ def test_rlpt_tiny_two_steps(tmp_path):
                                       "eval/next_segment_acc", "eval/heldout_nll",
                                       "perf/tokens_per_s"))
     assert "reward/mean by step" in proc.stdout
+    # The plotting command on the finished run writes real PNG images.
+    plot = subprocess.run([sys.executable, str(ROOT / "launch" / "plot.py"),
+                           f"--workdir={tmp_path / 'rlpt'}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert plot.returncode == 0, plot.stderr[-3000:]
+    pngs = sorted((tmp_path / "rlpt" / "plots").glob("*.png"))
+    names = " ".join(p.name for p in pngs)
+    for family in ("reward", "kl", "entropy", "response_len"):
+        assert family in names, names
+    import matplotlib.image
+
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        h, w = matplotlib.image.imread(png).shape[:2]
+        assert h > 0 and w > 0
 
 
 @pytest.mark.slow

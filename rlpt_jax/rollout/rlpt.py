@@ -110,6 +110,9 @@ def rlpt_rollout(
         "reward/std_in_group": float(rewards.std(axis=1).mean()),
         "rollout/response_len_mean": float(lens.mean()),
         "rollout/response_len_max": float(lens.max()),
+        "rollout/entropy_mean": float(
+            np.concatenate([np.asarray(c.entropies) for c in flat_comps]).mean()
+        ),
         "rollout/no_prediction": float(missing),
         "rollout/no_prediction_frac": missing / rewards.size,
         "rollout/finish_stop_frac": finish.count("stop") / len(finish),
