@@ -153,6 +153,7 @@ class Sampler:
         eos = tuple(tokenizer.eos_ids) if tokenizer is not None else tuple(cfg.eos_token_ids)
         self.eos_ids = tuple(int(e) for e in eos)
         self.row_multiple = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        self.last_session: Session | None = None
         self.graphdef, self.state = nnx.split(model)
         gd, con = self.graphdef, self._constrain
         self._prefill = jax.jit(functools.partial(engine.prefill, gd, con), donate_argnums=(1, 2))
@@ -185,10 +186,15 @@ class Sampler:
         )
         return cache, put(logits, ("batch", "vocab"))
 
-    def _place(self, cache, logits):
-        if self.mesh is None:
-            return cache, logits
-        return jax.jit(self._constrain)(cache, logits)
+    def allocate(self, rows: int, length: int) -> tuple[engine.SampleCache, jax.Array]:
+        """An empty cache and next-token logits, created directly in their sharding."""
+        cfg, dtype = self.model_cfg, self.cache_dtype
+
+        def make():
+            cache = engine.SampleCache.init(cfg, rows, length, dtype)
+            return self._constrain(cache, jnp.zeros((rows, cfg.vocab_size), jnp.float32))
+
+        return jax.jit(make)()
 
     # -- sizing -------------------------------------------------------------------------
     def rows_bucket(self, rows: int) -> int:
@@ -246,9 +252,14 @@ class Sampler:
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams
     ) -> list[list[Sample]]:
-        """n samples for each prompt (token ids). Returns [prompt][sample]."""
+        """n samples for each prompt (token ids). Returns [prompt][sample].
+
+        The session used stays readable as ``last_session`` (counters, cache size) until the
+        next call.
+        """
         prompts = _check_prompts(prompts, self.model_cfg.vocab_size)
         self.stop_ids(params)
+        self.last_session = None  # free the previous call's cache before allocating
         needed = max(len(p) for p in prompts) + params.max_new_tokens
         length = self.length_bucket(needed)
         sess = self.session(len(prompts) * params.n, length)
@@ -299,10 +310,7 @@ class Session:
         self.length = int(length)
         self.num_rows = sampler.rows_bucket(rows)
         self.nbytes = sampler.check_fits(self.num_rows, self.length)
-        cfg = sampler.model_cfg
-        cache = engine.SampleCache.init(cfg, self.num_rows, self.length, sampler.cache_dtype)
-        logits = jnp.zeros((self.num_rows, cfg.vocab_size), jnp.float32)
-        self.cache, self.logits = sampler._place(cache, logits)
+        self.cache, self.logits = sampler.allocate(self.num_rows, self.length)
         self._tokens: list[list[int] | None] = [None] * self.num_rows
         self._cached = np.zeros(self.num_rows, np.int64)
         self._uid = np.zeros(self.num_rows, np.int64)
@@ -431,6 +439,7 @@ class Session:
     # -- prefill --------------------------------------------------------------------------
     def prefill(self, rows: Sequence[int]) -> None:
         """Write every pending token of ``rows`` to the cache (batched, chunked)."""
+        self._check_rows(list(rows))
         cfg = self.sampler.config
         while True:
             todo = [r for r in rows if self._cached[r] < len(self._tokens[r])]
@@ -465,6 +474,8 @@ class Session:
         self._check_rows(rows)
         sampler = self.sampler
         stop_ids = sampler.stop_ids(params)
+        if not rows:
+            return []
         self.prefill(rows)
 
         # Decode on a compact copy of just these rows when that is a smaller bucket (e.g. a
