@@ -44,7 +44,7 @@ TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class SampleCache:
-    """The sampler's KV cache: one k and one v array [B, S, K, H] per layer, pos [B, S]."""
+    """The sampler's KV cache: one k and one v array [B, K, S, H] per layer, pos [B, S]."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -52,7 +52,7 @@ class SampleCache:
 
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, length: int, dtype) -> SampleCache:
-        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+        shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
         return cls(
             k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
             v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
@@ -80,16 +80,26 @@ class SampleCache:
 
     def to_kv(self) -> KVCache:
         """The model's stacked layout (tests and interop)."""
-        return KVCache(k=jnp.stack(self.k), v=jnp.stack(self.v), pos=self.pos)
+        return KVCache(
+            k=jnp.stack(self.k).swapaxes(2, 3), v=jnp.stack(self.v).swapaxes(2, 3), pos=self.pos
+        )
+
+
+def _project(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [R, T, D] · w [D, *out] as one 2-D matmul (w's row-major layout is used as is)."""
+    r, t, d = x.shape
+    out = w.shape[1:]
+    y = x.reshape(r * t, d) @ w.reshape(d, -1).astype(x.dtype)
+    return y.reshape(r, t, *out)
 
 
 def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
-    """One attention layer over the cache. x [R, T, D]; slots [R, T] write targets."""
+    """One attention layer over the cache. x [R, T, D]; kc, vc [R, K, S, H]; slots [R, T]."""
     cfg = attn.cfg
     dt = x.dtype
-    q = jnp.einsum("BTD,DNH->BTNH", x, attn.q_proj[...].astype(dt))
-    k = jnp.einsum("BTD,DKH->BTKH", x, attn.k_proj[...].astype(dt))
-    v = jnp.einsum("BTD,DKH->BTKH", x, attn.v_proj[...].astype(dt))
+    q = _project(x, attn.q_proj[...])  # [R, T, N, H]
+    k = _project(x, attn.k_proj[...])  # [R, T, K, H]
+    v = _project(x, attn.v_proj[...])
     if cfg.qkv_bias:
         q = q + attn.q_bias[...].astype(dt)
         k = k + attn.k_bias[...].astype(dt)
@@ -100,18 +110,22 @@ def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
     k = apply_rope(k, positions, inv_freq)
 
     rows = jnp.arange(x.shape[0])[:, None]
-    kc = kc.at[rows, slots].set(k.astype(kc.dtype), mode="drop")
-    vc = vc.at[rows, slots].set(v.astype(vc.dtype), mode="drop")
+    # Indexing [R, T] pairs around the K slice puts the [R, T] dims first: updates [R, T, K, H].
+    kc = kc.at[rows, :, slots].set(k.astype(kc.dtype), mode="drop")
+    vc = vc.at[rows, :, slots].set(v.astype(vc.dtype), mode="drop")
 
     b, t, n, h = q.shape
     kk = cfg.num_kv_heads
     qg = q.reshape(b, t, kk, n // kk, h)
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, kc.astype(dt)).astype(jnp.float32)
+    # The cache is [R, K, S, H] so that both attention products read it without a transpose.
+    logits = jnp.einsum("BTKGH,BKSH->BKGTS", qg, kc.astype(dt)).astype(jnp.float32)
     logits = logits * (1.0 / math.sqrt(h))
     logits = jnp.where(allowed[:, None, None], logits, _NEG)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, vc.astype(dt)).reshape(b, t, n, h)
-    y = jnp.einsum("BTNH,NHD->BTD", out, attn.o_proj[...].astype(dt))
+    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, vc.astype(dt)).reshape(b, t, n * h)
+    y = (out.reshape(b * t, n * h) @ attn.o_proj[...].reshape(n * h, -1).astype(dt)).reshape(
+        b, t, -1
+    )
     if cfg.o_bias:
         y = y + attn.o_bias[...].astype(dt)
     return y, kc, vc

@@ -178,7 +178,7 @@ class Sampler:
             sh = NamedSharding(self.mesh, self._spec(axes, x.shape))
             return jax.lax.with_sharding_constraint(x, sh)
 
-        kv = ("batch", "length", "kv_heads", "head_dim")
+        kv = ("batch", "kv_heads", "length", "head_dim")
         cache = engine.SampleCache(
             k=tuple(put(x, kv) for x in cache.k),
             v=tuple(put(x, kv) for x in cache.v),
