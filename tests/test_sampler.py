@@ -98,6 +98,26 @@ def test_chi_square_rejects_wrong_distributions():
     assert _chi2_pvalue(counts, top_p_wrong) < 1e-6 or counts[3] == 0
 
 
+def test_two_level_draw_over_a_large_vocab():
+    """V=700: three 256-token blocks, the last partial; mass spread over all of them."""
+    rng = np.random.default_rng(0)
+    logits = np.log(rng.dirichlet(np.full(700, 0.3))).astype(np.float32)
+    logits[rng.choice(700, 200, replace=False)] = -np.inf  # forbidden tokens in every block
+    counts = _draw(logits, seed=2)
+    expected = np.exp(logits - logits.max())
+    expected /= expected.sum()
+    big = expected * DRAWS >= 5  # chi-square on the cells with enough expected draws
+    assert counts[expected == 0].sum() == 0
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum()) * DRAWS
+    assert stats.chisquare(obs, exp).pvalue > 1e-3
+
+
+def test_argmax_is_first_maximum():
+    logits = jnp.asarray([[1.0, 3.0, 3.0, 2.0], [5.0, 0.0, 5.0, 5.0], [-1.0, -2.0, -3.0, -0.5]])
+    np.testing.assert_array_equal(sample_lib.argmax(logits), [1, 0, 3])
+
+
 def test_top_p_keeps_at_least_the_most_likely_token():
     counts = _draw(LOGITS, top_p=0.01)
     assert counts[0] == DRAWS
