@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def _train(workdir: Path, config: str, *overrides: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["XLA_FLAGS"] = ""  # one CPU device, like a user's laptop
-    cmd = [sys.executable, str(ROOT / "launch" / "train.py"), f"--config={config}",
-           f"--workdir={workdir}", *overrides]
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch" / "train.py"),
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -40,14 +45,27 @@ def _check_run(workdir: Path, steps: int, keys: tuple[str, ...]):
 @pytest.mark.slow
 def test_rlpt_tiny_two_steps(tmp_path):
     proc = _train(tmp_path / "rlpt", "configs/rlpt_qwen.py:tiny")
-    _check_run(tmp_path / "rlpt", 2, ("reward/mean", "train/loss", "kl_to_init",
-                                      "eval/next_segment_acc", "eval/heldout_nll",
-                                      "perf/tokens_per_s"))
+    _check_run(
+        tmp_path / "rlpt",
+        2,
+        (
+            "reward/mean",
+            "train/loss",
+            "kl_to_init",
+            "eval/next_segment_acc",
+            "eval/heldout_nll",
+            "perf/tokens_per_s",
+        ),
+    )
     assert "reward/mean by step" in proc.stdout
     # The plotting command on the finished run writes real PNG images.
-    plot = subprocess.run([sys.executable, str(ROOT / "launch" / "plot.py"),
-                           f"--workdir={tmp_path / 'rlpt'}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    plot = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "plot.py"), f"--workdir={tmp_path / 'rlpt'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert plot.returncode == 0, plot.stderr[-3000:]
     pngs = sorted((tmp_path / "rlpt" / "plots").glob("*.png"))
     names = " ".join(p.name for p in pngs)
@@ -64,14 +82,17 @@ def test_rlpt_tiny_two_steps(tmp_path):
 @pytest.mark.slow
 def test_ntp_baseline_tiny_two_steps(tmp_path):
     _train(tmp_path / "ntp", "configs/rlpt_qwen.py:tiny", "--config.method=ntp")
-    _check_run(tmp_path / "ntp", 2, ("ntp/nll", "train/loss", "eval/heldout_nll"))
+    _check_run(tmp_path / "ntp", 2, ("train/ntp/nll", "train/loss", "eval/heldout_nll"))
 
 
 @pytest.mark.slow
 def test_at2po_tiny_two_steps(tmp_path):
     _train(tmp_path / "at2po", "configs/at2po_qwen.py:tiny")
-    _check_run(tmp_path / "at2po", 2, ("reward/mean", "train/loss", "rollout/leaves",
-                                       "eval/em_avg", "sampler/prefilled_tokens"))
+    _check_run(
+        tmp_path / "at2po",
+        2,
+        ("reward/mean", "train/loss", "rollout/leaves", "eval/em_avg", "sampler/prefilled_tokens"),
+    )
     records = read_jsonl(tmp_path / "at2po" / "metrics.jsonl")
     # tiny tree: M=2 chains + L=1 round x K=1 pick = 3 leaves per prompt, 1 prompt
     assert records[-1]["rollout/leaves"] == 3
@@ -79,9 +100,13 @@ def test_at2po_tiny_two_steps(tmp_path):
 
 def test_missing_checkpoint_path_is_a_clear_error(tmp_path):
     env = dict(os.environ, XLA_FLAGS="")
-    cmd = [sys.executable, str(ROOT / "launch" / "train.py"),
-           "--config=configs/rlpt_qwen.py:qwen3_8b", "--config.model.path=/nonexistent/ckpt",
-           f"--workdir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch" / "train.py"),
+        "--config=configs/rlpt_qwen.py:qwen3_8b",
+        "--config.model.path=/nonexistent/ckpt",
+        f"--workdir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "model checkpoint /nonexistent/ckpt not found" in proc.stderr
