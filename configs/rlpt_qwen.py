@@ -147,26 +147,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.segments.max_samples_per_doc = 2
         c.segments.heldout_fraction = 0.1
         c.judge = dict(kind="lexical", mode="prefix")
-        c.rollout.prompts_per_step = 4 if variant == "cpu" else 2
+        c.rollout.prompts_per_step = 2 if variant == "cpu" else 2
         c.rollout.samples_per_prompt = 4 if variant == "cpu" else 2
-        c.rollout.max_new_tokens = 48 if variant == "cpu" else 12
+        c.rollout.max_new_tokens = 32 if variant == "cpu" else 12
         c.rollout.max_prompt_tokens = 192
         c.rollout.cache_dtype = "float32"
         # A 135M model needs a larger step than the paper's 1e-6 to move in a few steps.
         c.optim.learning_rate = 2e-6
-        c.train.steps = 12 if variant == "cpu" else 2
+        c.train.steps = 8 if variant == "cpu" else 2
         c.train.micro_batch_size = 4
         c.train.logprob_chunk = 256
         c.train.ntp_seq_len = 256
         c.train.ntp_batch_size = 8 if variant == "cpu" else 2
         c.eval = dict(
-            every=6 if variant == "cpu" else 2,
+            every=4 if variant == "cpu" else 2,
             num_prompts=8 if variant == "cpu" else 2,
             ntp_docs=8 if variant == "cpu" else 2,
             ntp_max_tokens=128,
-            max_new_tokens=48 if variant == "cpu" else 12,
+            max_new_tokens=32 if variant == "cpu" else 12,
         )
-        c.checkpoint.save_every = 6 if variant == "cpu" else 1
+        c.checkpoint.save_every = 4 if variant == "cpu" else 1
     else:
         raise ValueError(
             f"unknown variant {variant!r} of rlpt_qwen.py; "
