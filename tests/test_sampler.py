@@ -289,6 +289,35 @@ def test_release_reuse_and_growth_keep_results(tiny_sampler):
         sess.generate([a + 7], params)
 
 
+def test_continue_and_fork_equal_scratch_strict(tiny, tiny_sampler):
+    """Append a tool result, continue, fork mid-depth: == generating from scratch (1e-5)."""
+    sampler = tiny_sampler
+    turn = SamplingParams(max_new_tokens=9, temperature=1.0, seed=6)
+    sess = sampler.session(rows=4, length=64)
+    (row,) = sess.add([[5, 9, 14, 20, 31]])
+    (first,) = sess.generate([row], turn)
+    sess.append([row], [[40, 41, 42, 43, 44, 45, 46]])
+    history = sess.tokens(row)
+    before = sess.prefilled_tokens
+    (second,) = sess.generate([row], turn)
+    assert sess.prefilled_tokens - before == 7  # only the appended tokens
+    branches = sess.fork(row, 2, length=len(history))
+    outs = sess.generate(branches, turn)
+    assert sess.prefilled_tokens - before == 7 + 2  # + one re-fed token per branch
+    scratch = sampler.session(rows=4, length=64)
+    (r,) = scratch.add([history])
+    (ref,) = scratch.generate([r], turn)
+    # `second` and `ref` are both their session's first row: the same random stream.
+    np.testing.assert_array_equal(second.tokens, ref.tokens)
+    np.testing.assert_allclose(second.logprobs, ref.logprobs, atol=1e-5, rtol=0)
+    ref_lp = _training_logprobs(tiny, history, ref.tokens)
+    for got in outs:  # branches draw their own tokens; their log-probs match training
+        np.testing.assert_allclose(
+            got.logprobs, _training_logprobs(tiny, history, got.tokens), atol=1e-5, rtol=0
+        )
+    np.testing.assert_allclose(second.logprobs, ref_lp, atol=1e-5, rtol=0)
+
+
 def test_generating_a_few_rows_of_a_large_session_uses_a_compact_batch(tiny_sampler):
     """Rows decoded on a compact copy are written back; the other rows are untouched."""
     sampler = tiny_sampler
