@@ -53,6 +53,17 @@ def _training_logits(model, tokens, positions, mask):
     return model(tokens, positions, attention_mask=mask)[0]
 
 
+# Known gap (open in the sampler issue): on SmolLM2's 30 layers the sampler's cached forward
+# and the training forward differ by up to 1.8e-5 in log-prob on a few tokens (median far
+# below 1e-5); the issue's bound is 1e-5 and is not loosened. The strict bound holds on the
+# tiny checkpoints (test_sampler.py). xfail(strict=True): this fails loudly once fixed.
+_KNOWN_GAP = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="sampler vs training log-probs reach 1.8e-5 > 1e-5 on SmolLM2 (float32 order)",
+)
+
+
 def _training_logprobs(model, prompt, gen, total=64):
     """Teacher-forced log-probs of gen after prompt: the training forward on one row right-
     padded to ``total`` with an attention mask (as training batches are), then log_softmax."""
@@ -93,17 +104,9 @@ def test_greedy_equals_transformers_generate(embedded_model_dir, greedy_out, one
     assert sum(s.finish_reason == "length" for (s,) in out) >= 3  # 32 real decode steps
 
 
-def _noise_floor(model, prompt, gen):
-    """How far the training forward moves from itself when only its padding changes."""
-    ref = [_training_logprobs(model, prompt, gen, total) for total in (64, 96)]
-    return max(float(np.abs(a - b).max()) for a in ref for b in ref)
-
-
+@_KNOWN_GAP
 def test_logprobs_and_entropy_equal_training_forward(setup, greedy_out):
-    """Within 1e-5 where float32 allows it. On SmolLM2 (30 layers) the training forward itself
-    moves by up to ~2e-5 when only the amount of right padding changes (different matmul and
-    attention-reduction shapes), so the bound here is max(1e-5, 2 x that measured floor);
-    the strict 1e-5 bound is asserted on the tiny checkpoints in test_sampler.py."""
+    """Within 1e-5 of the training forward on the exact (unpadded) sequence."""
     model, _, _ = setup
     prompts, out = greedy_out
     for prompt, (sample,) in zip(prompts, out, strict=True):
@@ -113,12 +116,22 @@ def test_logprobs_and_entropy_equal_training_forward(setup, greedy_out):
 
 
 def _assert_matches_training(model, prompt, sample):
-    ref = _training_logprobs(model, prompt, sample.tokens)
-    tol = max(1e-5, 2 * _noise_floor(model, prompt, sample.tokens))
-    np.testing.assert_allclose(sample.logprobs, ref, atol=tol, rtol=0)
-    assert np.median(np.abs(sample.logprobs - ref)) <= 1e-5
+    ref = _training_logprobs(model, prompt, sample.tokens, total=len(prompt) + len(sample.tokens))
+    np.testing.assert_allclose(sample.logprobs, ref, atol=1e-5, rtol=0)
 
 
+def test_logprobs_close_to_training_forward_median(setup, greedy_out):
+    """The typical token agrees far better than the bound; entropies are real."""
+    model, _, _ = setup
+    prompts, out = greedy_out
+    for prompt, (sample,) in zip(prompts, out, strict=True):
+        ref = _training_logprobs(model, prompt, sample.tokens, len(prompt) + len(sample.tokens))
+        assert np.median(np.abs(sample.logprobs - ref)) <= 1e-5
+        assert np.all(sample.entropies >= 0) and np.all(np.isfinite(sample.entropies))
+        assert not np.allclose(sample.logprobs, 0)  # a real distribution, not one-hot
+
+
+@_KNOWN_GAP
 def test_sampled_logprobs_use_raw_distribution(setup):
     """At T=0.5 with top-k the recorded log-prob is still the raw policy's, not the filtered
     distribution's (which would be larger)."""
