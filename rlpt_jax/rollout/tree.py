@@ -376,8 +376,9 @@ class FlatRows:
     """Training rows of a batch of trees, one row per leaf, all ``[R, T]`` numpy arrays.
 
     ``loss_mask`` is 1 on model tokens; ``turn_ids`` numbers the turns of the row (0, 1, …
-    on model tokens, −1 on prompt, tool and padding tokens); ``advantages`` carries each turn's node advantage;
-    ``old_logp`` the sampling log-probs. ``leaf`` gives (tree index, leaf node id) per row.
+    on model tokens, −1 on prompt, tool and padding tokens); ``advantages`` carries each
+    turn's node advantage; ``old_logp`` the sampling log-probs. ``leaf`` gives (tree index,
+    leaf node id) per row.
     """
 
     tokens: np.ndarray
