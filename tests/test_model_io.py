@@ -219,3 +219,17 @@ def test_sharded_checkpoint_with_missing_shard(tmp_path):
     shutil.move(shard, tmp_path / "moved")
     with pytest.raises(CheckpointError, match=f"shard {shard.name} .* is missing"):
         load_hf(out)
+
+
+def test_cache_write_past_the_end_never_overwrites_earlier_slots(tmp_path):
+    model = load_hf(save_tiny("qwen3", tmp_path / "q3"))
+    cache = KVCache.init(model.cfg, 1, 4)
+    tok = jnp.asarray([[5, 6, 7]])
+    _, cache = model(tok, jnp.asarray([[0, 1, 2]]), cache=cache)
+    before = np.asarray(cache.k[:, :, :3])
+    # 3 tokens written at slot 2 of a 4-slot cache: slot 2 and 3 are written, the rest dropped
+    _, cache = model(
+        tok, jnp.asarray([[2, 3, 4]]), cache=cache, write_index=jnp.asarray([2], jnp.int32)
+    )
+    np.testing.assert_array_equal(np.asarray(cache.k[:, :, :2]), before[:, :, :2])
+    np.testing.assert_array_equal(np.asarray(cache.pos), [[0, 1, 2, 3]])

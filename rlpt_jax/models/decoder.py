@@ -178,10 +178,14 @@ class Attention(nnx.Module):
 
 
 def _write_rows(cache: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
-    """cache [B, S, K, H] ← new [B, T, K, H] at per-row slot offsets start [B]."""
+    """cache [B, S, ...] ← new [B, T, ...] at per-row slot offsets start [B].
+
+    Slots past the end are dropped rather than clamped: ``dynamic_update_slice`` would
+    shift an overflowing write back to S − T and silently overwrite earlier tokens.
+    """
 
     def one(c, n, s):
-        return jax.lax.dynamic_update_slice_in_dim(c, n, s, axis=0)
+        return c.at[s + jnp.arange(n.shape[0])].set(n, mode="drop")
 
     return jax.vmap(one)(cache, new, start)
 
@@ -278,9 +282,7 @@ class Decoder(nnx.Module):
         else:
             if write_index is None:
                 write_index = jnp.zeros((b,), jnp.int32)
-            new_pos = jax.vmap(
-                lambda p, n, s: jax.lax.dynamic_update_slice_in_dim(p, n, s, axis=0)
-            )(cache.pos, positions.astype(jnp.int32), write_index)
+            new_pos = _write_rows(cache.pos, positions.astype(jnp.int32), write_index)
             key_pos = new_pos[:, None, :]
             allowed = (key_pos >= 0) & (key_pos <= positions[:, :, None])
 
