@@ -30,6 +30,9 @@ SYSTEM_PROMPT = (
 )
 
 
+VARIANTS = ("qwen3_4b", "qwen3_8b", "grpo", "dapo", "gspo", "random_tree", "cpu", "tiny")
+
+
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = "at2po"
@@ -113,6 +116,10 @@ def base() -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "qwen3_4b"
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"unknown variant {variant!r} of at2po_qwen.py; valid: {', '.join(VARIANTS)}"
+        )
     c = base()
     if variant in ("qwen3_4b", "qwen3_8b"):
         c.model.arch = variant.replace("_", "-")
@@ -199,10 +206,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             max_new_tokens=160 if cpu else 48,
         )
         c.checkpoint.save_every = 3 if cpu else 1
-    else:
-        raise ValueError(
-            f"unknown variant {variant!r} of at2po_qwen.py; valid: qwen3_4b, qwen3_8b, grpo, "
-            "dapo, gspo, random_tree, cpu, tiny"
-        )
     c.lock()
     return c
