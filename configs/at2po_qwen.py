@@ -33,6 +33,16 @@ SYSTEM_PROMPT = (
 VARIANTS = ("qwen3_4b", "qwen3_8b", "grpo", "dapo", "gspo", "random_tree", "cpu", "tiny")
 
 
+# The chain baselines differ from ATPO in their loss only (settings as published).
+CHAIN_BASELINES = {
+    "grpo": dict(kind="ppo", clip_low=0.2, clip_high=0.2, agg="token_mean", kl_coef=0.001),
+    "dapo": dict(kind="ppo", clip_low=0.2, clip_high=0.28, agg="token_mean", kl_coef=0.0),
+    "gspo": dict(
+        kind="gspo", clip_low=3e-4, clip_high=4e-4, agg="seq_mean_token_mean", kl_coef=0.0
+    ),
+}
+
+
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = "at2po"
@@ -123,45 +133,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base()
     if variant in ("qwen3_4b", "qwen3_8b"):
         c.model.arch = variant.replace("_", "-")
-    elif variant == "grpo":  # GRPO: 16 independent chains, KL 0.001, clip 0.2
+    elif variant in CHAIN_BASELINES:  # 16 independent chains with the baseline's loss
         c.tree.expansion = "chains"
         c.tree.num_chains, c.tree.rounds, c.tree.picks = 16, 0, 0
-        c.loss = dict(
-            kind="ppo",
-            clip_low=0.2,
-            clip_high=0.2,
-            agg="token_mean",
-            kl_coef=0.001,
-            kl_kind="k3",
-            entropy_coef=0.0,
-            log_ratio_clamp=10.0,
-        )
-    elif variant == "dapo":  # clip-higher 0.2 / 0.28
-        c.tree.expansion = "chains"
-        c.tree.num_chains, c.tree.rounds, c.tree.picks = 16, 0, 0
-        c.loss = dict(
-            kind="ppo",
-            clip_low=0.2,
-            clip_high=0.28,
-            agg="token_mean",
-            kl_coef=0.0,
-            kl_kind="k3",
-            entropy_coef=0.0,
-            log_ratio_clamp=10.0,
-        )
-    elif variant == "gspo":  # sequence ratio, clip 3e-4 / 4e-4
-        c.tree.expansion = "chains"
-        c.tree.num_chains, c.tree.rounds, c.tree.picks = 16, 0, 0
-        c.loss = dict(
-            kind="gspo",
-            clip_low=3e-4,
-            clip_high=4e-4,
-            agg="seq_mean_token_mean",
-            kl_coef=0.0,
-            kl_kind="k3",
-            entropy_coef=0.0,
-            log_ratio_clamp=10.0,
-        )
+        c.loss.update(CHAIN_BASELINES[variant])
     elif variant == "random_tree":  # Tree-GRPO-style random expansion, same tree budget
         c.tree.expansion = "random"
     if variant in ("grpo", "dapo", "gspo", "random_tree"):
