@@ -86,6 +86,18 @@ class RMSNorm(nnx.Module):
         return (self.weight[...].astype(jnp.float32) * y.astype(x.dtype)).astype(x.dtype)
 
 
+def project(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [B, T, D] · w [D, *out] → [B, T, *out] as one 2-D matmul in x's dtype.
+
+    Training, prefill and decode all project through this one function so that a token's
+    activations do not depend on which path computed them.
+    """
+    b, t, d = x.shape
+    out = w.shape[1:]
+    y = x.reshape(b * t, d) @ w.reshape(d, -1).astype(x.dtype)
+    return y.reshape(b, t, *out)
+
+
 def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
     """RoPE inverse frequencies [H/2], with Llama 3 frequency-band rescaling if configured."""
     h = cfg.head_dim
@@ -117,6 +129,28 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
+def token_logprob_entropy(
+    logits: jax.Array, targets: jax.Array | None = None
+) -> tuple[jax.Array | None, jax.Array]:
+    """log softmax(logits)[target] and the entropy of softmax(logits), in float32.
+
+    logits [..., V]; targets [...] int or None. The sampler and the training step both score
+    tokens through this one function, so they agree to the last bit whenever their logits do.
+    The chosen logit is taken relative to the row maximum before the log-normaliser is
+    subtracted (``(z - m) - log Σ exp(z - m)``): forming ``m + log Σ exp`` first would round
+    to the spacing of floats near the maximum logit (~4e-6 at 40).
+    """
+    z = logits.astype(jnp.float32)
+    shifted = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
+    probs = jnp.exp(shifted - lse[..., None])
+    entropy = lse - jnp.sum(probs * shifted, axis=-1)
+    if targets is None:
+        return None, entropy
+    picked = jnp.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
+    return picked - lse, entropy
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -141,9 +175,9 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, inv_freq, mask_fn, layer_cache):
         cfg = self.cfg
         dt = x.dtype
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...].astype(dt))
-        k = jnp.einsum("BTD,DKH->BTKH", x, self.k_proj[...].astype(dt))
-        v = jnp.einsum("BTD,DKH->BTKH", x, self.v_proj[...].astype(dt))
+        q = project(x, self.q_proj[...])  # [B, T, N, H]
+        k = project(x, self.k_proj[...])  # [B, T, K, H]
+        v = project(x, self.v_proj[...])
         if cfg.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -170,8 +204,8 @@ class Attention(nnx.Module):
         allowed = mask_fn()  # [B, T, S]
         logits = jnp.where(allowed[:, None, None], logits, _NEG)
         probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values).reshape(b, t, n, h)
-        y = jnp.einsum("BTNH,NHD->BTD", out, self.o_proj[...].astype(dt))
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values).reshape(b, t, n * h)
+        y = project(out, self.o_proj[...].reshape(n * h, -1))
         if cfg.o_bias:
             y = y + self.o_bias[...].astype(dt)
         return y, new_cache
@@ -315,9 +349,12 @@ class Decoder(nnx.Module):
         return self.lm_head[...]
 
     def logits(self, h: jax.Array) -> jax.Array:
-        """h [..., D] → float32 logits [..., V]."""
-        w = self.unembed_matrix().astype(h.dtype)
-        return jnp.einsum("...D,DV->...V", h, w).astype(jnp.float32)
+        """h [..., D] → float32 logits [..., V]; the tied embedding is contracted as stored
+        [V, D], without materialising its transpose."""
+        if self.cfg.tie_word_embeddings:
+            w = self.embed_tokens[...].astype(h.dtype)
+            return jnp.einsum("...D,VD->...V", h, w).astype(jnp.float32)
+        return jnp.einsum("...D,DV->...V", h, self.lm_head[...].astype(h.dtype)).astype(jnp.float32)
 
     def __call__(
         self,

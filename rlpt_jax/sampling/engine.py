@@ -9,10 +9,10 @@ Why the sampler has its own cached forward instead of calling ``Decoder.hidden``
 the layers back after each call, so a decode step copies the whole cache (measured on
 SmolLM2-135M, batch 16, S=256: 235 ms per step against 54 ms for the same step without a
 cache). Here each layer's cache is its own array, written in place by a scatter (donated
-buffers, ``lax.while_loop`` carry), and the output head is applied without materialising the
-transposed tied embedding. Everything else — norms, MLPs, RoPE, projections, parameters — is
-the model's own modules and functions; tests pin this forward to the training forward and
-to ``Decoder.hidden``.
+buffers, ``lax.while_loop`` carry). Everything else — norms, MLPs, RoPE, the projection
+helper, the output head, the log-prob/entropy scoring, parameters — is the model's own
+modules and functions, the ones training uses; tests pin this forward to the training
+forward and to ``Decoder.hidden``.
 
 Slot = position: a row's token at position p lives in slot p. Writes past the end of the
 cache are dropped (scatter ``mode="drop"``), and padding tokens carry position -1, which
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlpt_jax.models.config import ModelConfig
-from rlpt_jax.models.decoder import Decoder, KVCache, apply_rope, rope_inv_freq
+from rlpt_jax.models.decoder import Decoder, KVCache, apply_rope, project, rope_inv_freq
 from rlpt_jax.sampling import sample as sample_lib
 
 _NEG = -1e30
@@ -85,21 +85,13 @@ class SampleCache:
         )
 
 
-def _project(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x [R, T, D] · w [D, *out] as one 2-D matmul (w's row-major layout is used as is)."""
-    r, t, d = x.shape
-    out = w.shape[1:]
-    y = x.reshape(r * t, d) @ w.reshape(d, -1).astype(x.dtype)
-    return y.reshape(r, t, *out)
-
-
 def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
     """One attention layer over the cache. x [R, T, D]; kc, vc [R, K, S, H]; slots [R, T]."""
     cfg = attn.cfg
     dt = x.dtype
-    q = _project(x, attn.q_proj[...])  # [R, T, N, H]
-    k = _project(x, attn.k_proj[...])  # [R, T, K, H]
-    v = _project(x, attn.v_proj[...])
+    q = project(x, attn.q_proj[...])  # [R, T, N, H]
+    k = project(x, attn.k_proj[...])  # [R, T, K, H]
+    v = project(x, attn.v_proj[...])
     if cfg.qkv_bias:
         q = q + attn.q_bias[...].astype(dt)
         k = k + attn.k_bias[...].astype(dt)
@@ -123,9 +115,7 @@ def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
     logits = jnp.where(allowed[:, None, None], logits, _NEG)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, vc.astype(dt)).reshape(b, t, n * h)
-    y = (out.reshape(b * t, n * h) @ attn.o_proj[...].reshape(n * h, -1).astype(dt)).reshape(
-        b, t, -1
-    )
+    y = project(out, attn.o_proj[...].reshape(n * h, -1))
     if cfg.o_bias:
         y = y + attn.o_bias[...].astype(dt)
     return y, kc, vc
@@ -173,11 +163,8 @@ def forward(
 
 
 def output_logits(model: Decoder, h: jax.Array) -> jax.Array:
-    """h [R, D] → float32 logits [R, V], contracting the tied embedding without a transpose."""
-    if model.cfg.tie_word_embeddings:
-        w = model.embed_tokens[...].astype(h.dtype)
-        return jnp.einsum("RD,VD->RV", h, w).astype(jnp.float32)
-    return jnp.einsum("RD,DV->RV", h, model.lm_head[...].astype(h.dtype)).astype(jnp.float32)
+    """h [R, D] → float32 logits [R, V] (the model's own head: the training step uses it too)."""
+    return model.logits(h)
 
 
 def prefill(

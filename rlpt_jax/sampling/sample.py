@@ -21,6 +21,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from rlpt_jax.models.decoder import token_logprob_entropy
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
@@ -73,11 +75,11 @@ class SamplingParams:
 
 
 def raw_stats(logits: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Log-prob of ``tokens`` [B] and entropy [B] under softmax(logits [B, V] float32)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    chosen = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
-    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-    return chosen, entropy
+    """Log-prob of ``tokens`` [B] and entropy [B] under softmax(logits [B, V] float32).
+
+    The same function the training step scores tokens with (``token_logprob_entropy``).
+    """
+    return token_logprob_entropy(logits, tokens)
 
 
 _BISECT_STEPS = 32  # halvings of a 101-wide logit interval: finer than float32 spacing

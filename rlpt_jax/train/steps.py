@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlpt_jax.models.decoder import token_logprob_entropy
 from rlpt_jax.train.batch import RLBatch
 from rlpt_jax.train.state import TrainState
 
@@ -80,16 +81,11 @@ def _target_valid(segment_ids: Array) -> Array:
     return (segment_ids != 0) & (segment_ids == prev)
 
 
-def _chunk_logprobs(h: Array, targets: Array, w: Array, with_entropy: bool):
-    """h [B, c, D], targets [B, c], w [D, V] → (log-prob [B, c], entropy [B, c] or None)."""
-    logits = jnp.einsum("BcD,DV->BcV", h, w.astype(h.dtype)).astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    logp = picked - lse
-    if not with_entropy:
-        return logp, None
-    probs = jnp.exp(logits - lse[..., None])
-    return logp, lse - jnp.sum(probs * logits, axis=-1)
+def _chunk_logprobs(model: nnx.Module, h: Array, targets: Array, with_entropy: bool):
+    """h [B, c, D], targets [B, c] → (log-prob [B, c], entropy [B, c] or None), through the
+    model's head and the scoring function the sampler uses too."""
+    logp, entropy = token_logprob_entropy(model.logits(h), targets)
+    return logp, entropy if with_entropy else None
 
 
 def scanned_hidden(model: nnx.Module, tokens: Array, positions: Array, segment_ids: Array) -> Array:
@@ -159,10 +155,9 @@ def token_logprobs(
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
     hc = h.reshape(b, n_chunks, chunk, h.shape[-1]).swapaxes(0, 1)  # [C, B, c, D]
     tc = targets.reshape(b, n_chunks, chunk).swapaxes(0, 1)  # [C, B, c]
-    w = model.unembed_matrix()
 
     def one(args):
-        return _chunk_logprobs(*args, w, with_entropy)
+        return _chunk_logprobs(model, *args, with_entropy)
 
     if logits_remat:
         one = jax.checkpoint(one)
