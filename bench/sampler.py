@@ -7,7 +7,9 @@ every row produces 128 tokens), float32, batch 1 and batch 16. The baseline is
 it, so that JAX's thread pool does not compete with torch's), with 1 and with 2 torch
 threads; the better of the two is the baseline. Each side is warmed up first
 (our compilation, torch's first-call allocations) and then timed once end to end, prefill
-included.
+included. The same table shows a ceiling measured in the same run: the decode step's
+weight matmuls alone, jitted, at the same batch (``matmul_ceiling``); no sampler of this
+model can beat it here.
 
 Tree: an AT²PO-shaped rollout — 10 chains of (turn, tool result, turn), then 12 forks at
 mid-depth (the state after the first tool result, before the second turn acted) that
@@ -80,6 +82,52 @@ def bench_ours(sampler, prompts) -> float:
     dt = time.perf_counter() - t
     assert all(len(s.tokens) == NEW_TOKENS for g in out for s in g)
     return len(prompts) * NEW_TOKENS / dt
+
+
+def matmul_ceiling(model, bs: int) -> float:
+    """Tokens/s of a decode step's weight matmuls alone (every layer's q, k, v, o, gate, up,
+    down and the output head, for ``bs`` rows), jitted, 128 steps in a loop: an upper bound
+    for any sampler of this model on this machine, ours and transformers' alike."""
+    import jax
+    import jax.numpy as jnp
+
+    def mat(w):  # [D, heads, H] → [D, heads·H]
+        return w.reshape(w.shape[0], -1)
+
+    layers = []
+    for block in model.layers:
+        a, m = block.self_attn, block.mlp
+        o = a.o_proj[...]
+        layers.append(
+            (
+                mat(a.q_proj[...]),
+                mat(a.k_proj[...]),
+                mat(a.v_proj[...]),
+                o.reshape(-1, o.shape[-1]),
+                m.gate_proj[...],
+                m.up_proj[...],
+                m.down_proj[...],
+            )
+        )
+    head = model.embed_tokens[...]
+
+    @jax.jit
+    def run(layers, head, x):
+        def step(_, x):
+            for wq, wk, wv, wo, wg, wu, wd in layers:
+                kv = jnp.sum(x @ wk, -1, keepdims=True) + jnp.sum(x @ wv, -1, keepdims=True)
+                x = x + 1e-3 * ((x @ wq) @ wo) + 1e-6 * kv
+                x = x + 1e-3 * (((x @ wg) * (x @ wu)) @ wd)
+            logits = jnp.einsum("RD,VD->RV", x, head)
+            return x + 1e-6 * jnp.max(logits, -1, keepdims=True)
+
+        return jax.lax.fori_loop(0, NEW_TOKENS, step, x)
+
+    x = jnp.ones((bs, head.shape[1]), jnp.float32) * 0.01
+    run(layers, head, x).block_until_ready()
+    t = time.perf_counter()
+    run(layers, head, x).block_until_ready()
+    return bs * NEW_TOKENS / (time.perf_counter() - t)
 
 
 def bench_hf(hf, prompts, pad_id: int) -> float:
@@ -188,16 +236,24 @@ def main() -> None:
         prompts = _prompts(tok, bs)
         ours = bench_ours(sampler, prompts)
         ref, by_threads = run_hf(bs)
-        rows.append((bs, ours, ref, ours / ref, os.getloadavg()[0], by_threads))
+        ceiling = matmul_ceiling(model, bs)
+        rows.append((bs, ours, ref, ours / ref, ceiling, os.getloadavg()[0], by_threads))
         result[f"speedup_bs{bs}"] = round(ours / ref, 3)
         result[f"tok_s_bs{bs}"] = round(ours, 2)
         result[f"hf_tok_s_bs{bs}"] = round(ref, 2)
         result[f"hf_tok_s_bs{bs}_by_threads"] = {t: round(v, 2) for t, v in by_threads.items()}
+        result[f"matmul_tok_s_bs{bs}"] = round(ceiling, 2)
 
-    print(f"\n{'batch':>5} | {'ours tok/s':>10} | {'HF tok/s':>9} | {'speedup':>7} | load | HF")
-    for bs, ours, ref, sp, load, by in rows:
+    print(
+        f"\n{'batch':>5} | {'ours tok/s':>10} | {'HF tok/s':>9} | {'speedup':>7} | "
+        f"{'matmuls-only tok/s':>18} | ours/matmuls | load | HF by threads"
+    )
+    for bs, ours, ref, sp, ceil, load, by in rows:
         by_s = ", ".join(f"{t}: {v:.1f}" for t, v in by.items())
-        print(f"{bs:>5} | {ours:>10.1f} | {ref:>9.1f} | {sp:>6.2f}x | {load:.2f} | {by_s}")
+        print(
+            f"{bs:>5} | {ours:>10.1f} | {ref:>9.1f} | {sp:>6.2f}x | {ceil:>18.1f} | "
+            f"{ours / ceil:>12.2f} | {load:.2f} | {by_s}"
+        )
 
     bench_tree(sampler, tok, fork=True)  # compile the tree's shapes
     shared = bench_tree(sampler, tok, fork=True)
