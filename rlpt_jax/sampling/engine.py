@@ -108,13 +108,27 @@ def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
 
     b, t, n, h = q.shape
     kk = cfg.num_kv_heads
-    qg = q.reshape(b, t, kk, n // kk, h)
+    keys, values = kc.astype(dt), vc.astype(dt)
     # The cache is [R, K, S, H] so that both attention products read it without a transpose.
-    logits = jnp.einsum("BTKGH,BKSH->BKGTS", qg, kc.astype(dt)).astype(jnp.float32)
-    logits = logits * (1.0 / math.sqrt(h))
+    # A decode step (T = 1) drops the T axis from both products: with it, XLA:CPU transposes
+    # around each of the [R·K] tiny dots; without it, it fuses them into multiply-reduce
+    # loops that stream the cache once (SmolLM2-135M, batch 16, S=256: 40 ms per decode step
+    # against 59 ms).
+    decode = t == 1
+    if decode:
+        qg = q.reshape(b, kk, n // kk, h)
+        scores = jnp.einsum("BKGH,BKSH->BKGS", qg, keys)[:, :, :, None]
+    else:
+        qg = q.reshape(b, t, kk, n // kk, h)
+        scores = jnp.einsum("BTKGH,BKSH->BKGTS", qg, keys)  # [R, K, G, T, S]
+    logits = scores.astype(jnp.float32) * (1.0 / math.sqrt(h))
     logits = jnp.where(allowed[:, None, None], logits, _NEG)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, vc.astype(dt)).reshape(b, t, n * h)
+    if decode:
+        out = jnp.einsum("BKGS,BKSH->BKGH", probs[:, :, :, 0], values)
+    else:
+        out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, values)
+    out = out.reshape(b, t, n * h)
     y = project(out, attn.o_proj[...].reshape(n * h, -1))
     if cfg.o_bias:
         y = y + attn.o_bias[...].astype(dt)
