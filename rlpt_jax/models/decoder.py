@@ -237,9 +237,50 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         dt = x.dtype
-        g = jnp.einsum("BTD,DF->BTF", x, self.gate_proj[...].astype(dt))
-        u = jnp.einsum("BTD,DF->BTF", x, self.up_proj[...].astype(dt))
-        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(g) * u, self.down_proj[...].astype(dt))
+        return swiglu(
+            x,
+            self.gate_proj[...].astype(dt),
+            self.up_proj[...].astype(dt),
+            self.down_proj[...].astype(dt),
+        )
+
+
+def _swiglu_forward(x, w_gate, w_up, w_down):
+    g = jnp.einsum("BTD,DF->BTF", x, w_gate)
+    u = jnp.einsum("BTD,DF->BTF", x, w_up)
+    return jnp.einsum("BTF,FD->BTD", jax.nn.silu(g) * u, w_down), (g, u)
+
+
+@jax.custom_vjp
+def swiglu(x, w_gate, w_up, w_down):
+    """down(silu(x·gate) ⊙ (x·up)); x [B, T, D]. The same values as the plain expression;
+    the backward pass is written out (below) because XLA:CPU fuses the autodiff one's
+    elementwise work with transposes of [B·T, F] arrays and runs it ~1.5x slower."""
+    return _swiglu_forward(x, w_gate, w_up, w_down)[0]
+
+
+def _swiglu_fwd(x, w_gate, w_up, w_down):
+    y, (g, u) = _swiglu_forward(x, w_gate, w_up, w_down)
+    return y, (x, g, u, w_gate, w_up, w_down)
+
+
+def _swiglu_bwd(res, dy):
+    x, g, u, w_gate, w_up, w_down = res
+    sig = jax.nn.sigmoid(g)
+    silu = g * sig
+    da = jnp.einsum("BTD,FD->BTF", dy, w_down)
+    dg = da * u * (sig * (1 + g * (1 - sig)))  # silu'(g) = σ(g)(1 + g(1 − σ(g)))
+    du = da * silu
+    dx = jnp.einsum("BTF,DF->BTD", dg, w_gate) + jnp.einsum("BTF,DF->BTD", du, w_up)
+    return (
+        dx,
+        jnp.einsum("BTD,BTF->DF", x, dg),
+        jnp.einsum("BTD,BTF->DF", x, du),
+        jnp.einsum("BTF,BTD->FD", silu * u, dy),
+    )
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 class Block(nnx.Module):
