@@ -11,7 +11,7 @@ from flax import nnx
 
 from rlpt_jax.models.hf_io import load_hf
 from rlpt_jax.models.tokenizer import Tokenizer
-from rlpt_jax.sampling import TRACE_COUNTS, Sampler, SamplerConfig, SamplingParams
+from rlpt_jax.sampling import TRACE_COUNTS, Sampler, SamplerConfig, SamplingParams, engine
 from rlpt_jax.train.steps import token_logprobs
 
 PROMPTS = [
@@ -269,3 +269,28 @@ def test_n_samples_are_seeded_and_reproducible(setup):
     assert len({tuple(s.tokens) for s in a}) > 1  # the n samples differ
     c = sampler.generate([prompt], dataclasses.replace(params, seed=8))[0]
     assert [tuple(s.tokens) for s in c] != [tuple(s.tokens) for s in a]
+
+
+def test_decode_window_is_bit_identical_to_reading_the_whole_cache(setup, monkeypatch):
+    """Decode chunks read only the front of the cache their rows can reach (powers of two from
+    128 slots). Same tokens, log-probs and entropies, bit for bit, as reading all 512 slots."""
+    model, tok, _ = setup
+    prompts = [tok.encode(p) for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=150, temperature=1.0, seed=11, ignore_eos=True)
+    cfg = SamplerConfig(min_rows=4, min_cache_length=512, min_length_bucket=64)
+    used = []
+    window_of = engine.decode_window
+
+    def spy(needed, slots):
+        used.append(window_of(needed, slots))
+        return used[-1]
+
+    monkeypatch.setattr(engine, "decode_window", spy)
+    windowed = Sampler(model, tok, cfg).generate(prompts, params)
+    assert {128, 256} <= set(used)  # the windows were really used, and changed
+    monkeypatch.setattr(engine, "decode_window", lambda needed, slots: None)
+    whole = Sampler(model, tok, cfg).generate(prompts, params)
+    for (a,), (b,) in zip(windowed, whole, strict=True):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_array_equal(a.logprobs, b.logprobs)
+        np.testing.assert_array_equal(a.entropies, b.entropies)

@@ -18,6 +18,8 @@ Slot = position: a row's token at position p lives in slot p. Writes past the en
 cache are dropped (scatter ``mode="drop"``), and padding tokens carry position -1, which
 marks their slot empty; a query at position p attends to slots holding 0 <= pos <= p, so
 stale slots beyond a row's length (after a cut or a truncating fork) are never read.
+It also lets a decode chunk read only the front of the cache that its rows can reach
+(``decode_window``).
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ class SampleCache:
 
 
 def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
-    """One attention layer over the cache. x [R, T, D]; kc, vc [R, K, S, H]; slots [R, T]."""
+    """One attention layer over the cache. x [R, T, D]; kc, vc [R, K, S, H]; slots [R, T];
+    allowed [R, T, W]: attention reads the first W <= S slots (the rest are never allowed)."""
     cfg = attn.cfg
     dt = x.dtype
     q = project(x, attn.q_proj[...])  # [R, T, N, H]
@@ -108,7 +111,8 @@ def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
 
     b, t, n, h = q.shape
     kk = cfg.num_kv_heads
-    keys, values = kc.astype(dt), vc.astype(dt)
+    w = allowed.shape[-1]
+    keys, values = kc[:, :, :w].astype(dt), vc[:, :, :w].astype(dt)
     # The cache is [R, K, S, H] so that both attention products read it without a transpose.
     # A decode step (T = 1) drops the T axis from both products: with it, XLA:CPU transposes
     # around each of the [R·K] tiny dots; without it, it fuses them into multiply-reduce
@@ -141,11 +145,13 @@ def forward(
     positions: jax.Array,
     cache: SampleCache,
     write_index: jax.Array,
+    window: int | None = None,
 ) -> tuple[jax.Array, SampleCache]:
     """Hidden states [R, T, D] after the final norm, and the updated cache.
 
     tokens, positions [R, T] (position -1 = padding); write_index [R]: slot of each row's
-    first token.
+    first token. window: attend to the first ``window`` slots only (None: all S). Since
+    slot = position, a window covering every query's position reads everything it may.
     """
     cfg = model.cfg
     dt = jnp.dtype(cfg.dtype)
@@ -154,8 +160,8 @@ def forward(
     slots = write_index[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
     rows = jnp.arange(tokens.shape[0])[:, None]
     pos = cache.pos.at[rows, slots].set(positions.astype(jnp.int32), mode="drop")
-    key_pos = pos[:, None, :]
-    allowed = (key_pos >= 0) & (key_pos <= positions[:, :, None])  # [R, T, S]
+    key_pos = pos[:, None, :window]
+    allowed = (key_pos >= 0) & (key_pos <= positions[:, :, None])  # [R, T, window or S]
 
     new_k, new_v = [], []
     for i, block in enumerate(model.layers):
@@ -216,6 +222,22 @@ class DecodeStatic:
     greedy: bool
     top_k: int
     use_top_p: bool
+    window: int | None = None  # cache slots attention reads (None: all); see decode_window
+
+
+def decode_window(needed: int, slots: int, smallest: int = 128) -> int | None:
+    """Cache slots a decode chunk must read when its queries reach slot ``needed`` − 1: the
+    next power of two (at least ``smallest``), or None for the whole cache of ``slots``.
+
+    A decode step's attention streams every slot it reads, so reading only the occupied
+    front of a cache bucket (slot = position) saves work while rows are short (SmolLM2-135M,
+    batch 16, 128 new tokens in a 256-slot bucket: 320 -> 336 tok/s); powers of two keep the
+    number of compiled decode loops logarithmic in the cache size. Windows of 128 slots and
+    more give bit-identical results to reading the whole cache on XLA:CPU (tested); a
+    64-slot window does not (its reductions group terms differently), hence ``smallest``.
+    """
+    w = max(smallest, 1 << max(0, needed - 1).bit_length())
+    return None if w >= slots else w
 
 
 def decode_chunk(
@@ -273,7 +295,7 @@ def decode_chunk(
         out_ent = out_ent.at[:, i].set(ent)
 
         position = jnp.where(active, length, -1)
-        h, cache = forward(model, tok[:, None], position[:, None], cache, length)
+        h, cache = forward(model, tok[:, None], position[:, None], cache, length, static.window)
         new_logits = output_logits(model, h[:, 0])
         logits = jnp.where(active[:, None], new_logits, logits)
 

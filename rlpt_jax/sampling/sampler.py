@@ -512,8 +512,10 @@ class Session:
         uid = self._uid[idx].astype(np.uint32)
 
         while active.any():
+            reach = int(np.max(length + np.minimum(budget, static.steps), where=active, initial=0))
+            window = engine.decode_window(reach, self.length)
             (cache, logits, _, dev_active, tok, lp, ent, _) = sampler._decode(
-                static,
+                dataclasses.replace(static, window=window),
                 sampler.state,
                 cache,
                 logits,
