@@ -149,9 +149,7 @@ def test_flatten_known_tree():
     np.testing.assert_array_equal(rows.positions, [[0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 0, 0]])
     np.testing.assert_array_equal(rows.segment_ids, [[1] * 6, [1, 1, 1, 0, 0, 0]])
     np.testing.assert_array_equal(rows.loss_mask, [[0, 0, 1, 1, 0, 1], [0, 0, 1, 0, 0, 0]])
-    np.testing.assert_array_equal(
-        rows.turn_ids, [[-1, -1, 0, 0, -1, 1], [-1, -1, 0, -1, -1, -1]]
-    )
+    np.testing.assert_array_equal(rows.turn_ids, [[-1, -1, 0, 0, -1, 1], [-1, -1, 0, -1, -1, -1]])
     np.testing.assert_allclose(rows.advantages, [[0, 0, 0.5, 0.5, 0, 1.5], [0, 0, -2, 0, 0, 0]])
     np.testing.assert_allclose(rows.old_logp, [[0, 0, -0.1, -0.2, 0, -0.3], [0, 0, -0.4, 0, 0, 0]])
     assert tree.unique_tokens() == 7 and tree.leaf_tokens() == 9
