@@ -376,6 +376,7 @@ def make_update_step(
             metrics = _combine_metrics(ms, ws)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
         # A conditional, not ``where(ok, new, old)`` per leaf: with the select, XLA fuses
         # the moment updates into both the moment outputs and the parameter update, so it
         # must copy the old moments before overwriting them in place (2 × the parameter
