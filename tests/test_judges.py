@@ -246,8 +246,8 @@ class ChatHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client timed out and hung up (the timeout tests): nobody to answer
+        except OSError:
+            pass  # the client gave up (timeout tests), as in test_search.py's fake server
 
     def log_message(self, *args):
         pass
