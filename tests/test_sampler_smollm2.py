@@ -53,14 +53,20 @@ def _training_logprobs_jit(model, tokens, positions, segment_ids):
 # (greedy vs training 1.47e-5, continued turn vs from scratch 1.39e-5; medians far below
 # 1e-5); the issue's bound is 1e-5 and is not loosened. Training, prefill and decode share
 # their projections, head and scoring, and a prefill equals the training forward bit for bit.
-# A decode step does not: XLA:CPU's YNNPACK dots pick their kernel (and so their summation
-# order) from the row count, and at K=576 only >= 63 rows give the training forward's
-# rounding; decode runs rows = batch. Fed the same final hidden states, the two paths' heads
-# agree, so the gap is the hidden states drifting apart over the layers (up to 1.9e-5 in
-# log-prob). Eigen dots (M-invariant from 2-8 rows) plus dot-form decode attention make a
-# single decode step bit-identical to training, but decoding then runs ~21% slower (342 ->
-# 269 tok/s at batch 16), below the issue's 2x speed target, and the while-loop body still
-# rounds differently after its first step. Both paths are ~1e-5 from a float64 reference.
+# A decode step does not: on XLA:CPU several operations choose their implementation, and so
+# their float32 rounding order, from the array's shape (bench/rounding_probe.py prints which):
+# YNNPACK's x·W runs a sequential-FMA kernel below ~48 rows at K=576 and a packed kernel
+# (the training forward's) above; RMSNorm rounds differently at a few rows; a softmax over a
+# cache window (real scores + masked slots) differs from one over the sequence for most
+# lengths. Fed the same final hidden states, the two paths' heads agree, so the gap is the
+# hidden states drifting apart over the layers (up to 1.9e-5 in log-prob). Removing sources
+# one at a time does not shrink it (weights as [N, K], x·Wᵀ, which packs at every row count:
+# still 1.9e-5; plus dot-form decode attention, 8 rows and 64-aligned training lengths: still
+# 1.5e-5): only a path identical op for op would. Eigen dots (M-invariant from 2-8 rows) plus
+# dot-form decode attention make a single decode step bit-identical to training, but decoding
+# then runs ~21% slower (342 -> 269 tok/s at batch 16), below the issue's 2x speed target,
+# and the while-loop body still rounds differently after its first step (x·Wᵀ alone costs
+# 1.34x on the decode step's projections). Both paths are ~1e-5 from a float64 reference.
 # The strict bound holds on the tiny checkpoints (test_sampler.py). xfail(strict=True): this
 # fails loudly once fixed.
 _KNOWN_GAP = pytest.mark.xfail(
