@@ -9,7 +9,10 @@ threads; the better of the two is the baseline. Each side is warmed up first
 (our compilation, torch's first-call allocations) and then timed once end to end, prefill
 included. The same table shows a ceiling measured in the same run: the decode step's
 weight matmuls alone, jitted, at the same batch (``matmul_ceiling``); no sampler of this
-model can beat it here.
+model can beat it here. A second column times the batch-invariant model
+(``ModelConfig.batch_invariant``: sampler log-probs equal to the update step's bit for bit),
+whose decode is slower by design (``x · Wᵀ`` matmuls, float64 norms and attention, at least
+2 rows).
 
 Tree: an AT²PO-shaped rollout — 10 chains of (turn, tool result, turn), then 12 forks at
 mid-depth (the state after the first tool result, before the second turn acted) that
@@ -69,7 +72,7 @@ def _load():
     from rlpt_jax.models.tokenizer import Tokenizer
 
     path = embedded.smollm2_dir()
-    return path, load_hf(path), Tokenizer(path)
+    return path, load_hf(path), load_hf(path, batch_invariant=True), Tokenizer(path)
 
 
 def bench_ours(sampler, prompts) -> float:
@@ -226,8 +229,9 @@ def run_hf(bs: int) -> tuple[float, dict[int, float]]:
 def main() -> None:
     from rlpt_jax.sampling import Sampler
 
-    path, model, tok = _load()
+    path, model, invariant_model, tok = _load()
     sampler = Sampler(model, tok)
+    invariant = Sampler(invariant_model, tok)
     print(f"load average {os.getloadavg()}")
 
     rows = []
@@ -235,24 +239,28 @@ def main() -> None:
     for bs in (1, 16):
         prompts = _prompts(tok, bs)
         ours = bench_ours(sampler, prompts)
+        inv = bench_ours(invariant, prompts)
         ref, by_threads = run_hf(bs)
         ceiling = matmul_ceiling(model, bs)
-        rows.append((bs, ours, ref, ours / ref, ceiling, os.getloadavg()[0], by_threads))
+        rows.append((bs, ours, ref, ours / ref, inv, ceiling, os.getloadavg()[0], by_threads))
         result[f"speedup_bs{bs}"] = round(ours / ref, 3)
         result[f"tok_s_bs{bs}"] = round(ours, 2)
+        result[f"speedup_bs{bs}_invariant"] = round(inv / ref, 3)
+        result[f"tok_s_bs{bs}_invariant"] = round(inv, 2)
         result[f"hf_tok_s_bs{bs}"] = round(ref, 2)
         result[f"hf_tok_s_bs{bs}_by_threads"] = {t: round(v, 2) for t, v in by_threads.items()}
         result[f"matmul_tok_s_bs{bs}"] = round(ceiling, 2)
 
     print(
         f"\n{'batch':>5} | {'ours tok/s':>10} | {'HF tok/s':>9} | {'speedup':>7} | "
-        f"{'matmuls-only tok/s':>18} | ours/matmuls | load | HF by threads"
+        f"{'batch-invariant tok/s':>21} | {'speedup':>7} | {'matmuls-only tok/s':>18} | "
+        f"ours/matmuls | load | HF by threads"
     )
-    for bs, ours, ref, sp, ceil, load, by in rows:
+    for bs, ours, ref, sp, inv, ceil, load, by in rows:
         by_s = ", ".join(f"{t}: {v:.1f}" for t, v in by.items())
         print(
-            f"{bs:>5} | {ours:>10.1f} | {ref:>9.1f} | {sp:>6.2f}x | {ceil:>18.1f} | "
-            f"{ours / ceil:>12.2f} | {load:.2f} | {by_s}"
+            f"{bs:>5} | {ours:>10.1f} | {ref:>9.1f} | {sp:>6.2f}x | {inv:>21.1f} | "
+            f"{inv / ref:>6.2f}x | {ceil:>18.1f} | {ours / ceil:>12.2f} | {load:.2f} | {by_s}"
         )
 
     bench_tree(sampler, tok, fork=True)  # compile the tree's shapes

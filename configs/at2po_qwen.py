@@ -54,6 +54,7 @@ def base() -> ml_collections.ConfigDict:
         param_dtype="float32",
         dtype="bfloat16",
         remat=True,
+        batch_invariant=False,  # True: sampler log-probs == update step's, bit for bit
     )
     c.mesh = dict(data=1, fsdp=8, tensor=1)
     c.chat_template = True

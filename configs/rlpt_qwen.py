@@ -37,6 +37,7 @@ def base() -> ml_collections.ConfigDict:
         param_dtype="float32",
         dtype="bfloat16",
         remat=True,
+        batch_invariant=False,  # True: sampler log-probs == update step's, bit for bit
     )
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.corpus = dict(

@@ -20,3 +20,14 @@ def embedded_model_dir(tmp_path_factory):
     from rlpt_jax.models import embedded
 
     return embedded.smollm2_dir()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch's two-thread barriers collapse when the CPU is shared; one thread is steadier."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

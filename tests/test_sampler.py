@@ -213,15 +213,6 @@ def _training_logprobs(model, prompt, gen, total=64):
     return np.asarray([logp[len(prompt) - 1 + i, g] for i, g in enumerate(gen)])
 
 
-@pytest.fixture
-def one_torch_thread():
-    """torch's two-thread barriers collapse when the CPU is shared; one thread is steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("kind", ["qwen3", "qwen2", "llama3", "llama_tied"])
 def test_tiny_families_greedy_and_logprobs_strict(kind, tmp_path, one_torch_thread):
     """Every family feature (q/k norm, biases, llama3 RoPE, tied head) through the sampler's

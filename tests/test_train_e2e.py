@@ -98,6 +98,23 @@ def test_at2po_tiny_two_steps(tmp_path):
     assert records[-1]["rollout/leaves"] == 3
 
 
+@pytest.mark.slow
+def test_at2po_batch_invariant_step_is_exactly_on_policy(tmp_path):
+    """With model.batch_invariant the update step recomputes, through forks and appended tool
+    results, exactly the log-probs the sampler recorded: every importance ratio is 1.0 and
+    the KL to the (same) initial policy is 0.0, not merely close."""
+    _train(
+        tmp_path / "bi",
+        "configs/at2po_qwen.py:tiny",
+        "--config.model.batch_invariant=True",
+        "--config.train.steps=1",
+    )
+    (record,) = read_jsonl(tmp_path / "bi" / "metrics.jsonl")
+    assert record["train/tokens"] > 0
+    assert record["train/ratio_min"] == record["train/ratio_max"] == 1.0
+    assert record["kl_to_init"] == 0.0
+
+
 def test_missing_checkpoint_path_is_a_clear_error(tmp_path):
     env = dict(os.environ, XLA_FLAGS="")
     cmd = [

@@ -27,6 +27,12 @@ class ModelConfig:
     Attributes mirror the Hugging Face names. ``param_dtype`` is the storage dtype of the
     weights, ``dtype`` the compute dtype of matmuls; norms, RoPE and softmax always run in
     float32.
+
+    ``batch_invariant`` (not part of ``config.json``): compute every token's activations in
+    a way that does not depend on how many other tokens share the call, so that a decode
+    step of a few rows and a teacher-forced training forward give bit-identical logits
+    (float32 on XLA:CPU; see ``rlpt_jax.models.decoder``). It costs speed: the sampler's
+    decode runs ~25% slower at batch 16 and ~45% slower at batch 1 (``bench/sampler.py``).
     """
 
     model_type: str
@@ -50,6 +56,7 @@ class ModelConfig:
     pad_token_id: int | None = None
     param_dtype: str = "float32"
     dtype: str = "float32"
+    batch_invariant: bool = False
     hf_config: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self):

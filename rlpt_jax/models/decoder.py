@@ -16,6 +16,26 @@ decode and forked branches:
   (``-1`` = empty), and a query at position p attends to slots with ``0 <= pos <= p``.
   A padding query (position -1) writes an empty slot and its output is garbage that the
   caller ignores. Masked logits use a large finite negative so no row is ever NaN.
+
+Batch invariance (``ModelConfig.batch_invariant``). On XLA:CPU, float32 results depend on
+the shapes an op runs at: a matmul of a few rows (a decode step) sums over the contracted
+axis in another order than one of many rows (a training forward), and so do reductions
+and elementwise kernels (RMSNorm, softmax, cos/sin) at different lengths. The differences
+are last-bit roundings, but 30 layers compound them to ~1e-5 in a token's log-prob. With
+``batch_invariant`` the model removes each source:
+* matmuls contract weights stored [out, in] (``x · Wᵀ``). XLA:CPU's packed matmul kernel
+  then sums in the same order at every row count >= 2 (found by measurement on this
+  jaxlib; ``bench/rounding_probe.py`` re-checks it). The training forward transposes the
+  weights inside the step (one extra copy of the weights per step); the sampler keeps a
+  transposed copy (``rlpt_jax.sampling.engine.sampler_weights``) and never decodes fewer
+  than 2 rows;
+* RMSNorm's normalisation, RoPE's rotation and attention (scores, softmax, weighted sum)
+  run in float64 (``in_float64``) and are rounded once to float32: float64 sums of float32
+  products are exact enough that the order of summation no longer shows after rounding.
+Everything else is elementwise with one rounding per op and therefore already invariant.
+The result: the sampler's log-probs equal the training forward's bit for bit (float32,
+XLA:CPU; ``tests/test_sampler_smollm2.py``). Elsewhere (GPU, TPU) the float64 parts still
+remove the reduction-order dependence, but matmul order is up to the backend's kernels.
 """
 
 from __future__ import annotations
@@ -68,34 +88,86 @@ class KVCache:
         return KVCache(k=self.k[:, rows], v=self.v[:, rows], pos=self.pos[rows])
 
 
+def in_float64(fn, *args):
+    """``fn(*args)`` evaluated in float64, its outputs (an array or a tuple of them) rounded
+    back to ``args[0]``'s dtype.
+
+    Floating args are upcast (exactly) before ``fn`` runs; integer and bool args pass through.
+    The gradient is float64 too: the backward pass re-runs ``fn`` under ``jax.vjp`` inside the
+    float64 context (a plain autodiff of the forward would build its transpose after the
+    context closed, with float64 cotangents that float32 mode cannot represent).
+    """
+
+    def run(*a):
+        with jax.enable_x64(True):
+            wide = [
+                x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x for x in a
+            ]
+            return jax.tree.map(lambda y: y.astype(a[0].dtype), fn(*wide))
+
+    @jax.custom_vjp
+    def call(*a):
+        return run(*a)
+
+    def fwd(*a):
+        return run(*a), a
+
+    def bwd(a, ct):
+        with jax.enable_x64(True):
+            _, vjp = jax.vjp(run, *a)
+            return vjp(ct)
+
+    call.defvjp(fwd, bwd)
+    return call(*args)
+
+
 def _param(init, rngs: nnx.Rngs, shape, dtype, axes: tuple[str | None, ...]) -> nnx.Param:
     assert len(axes) == len(shape), (axes, shape)
     return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
 
 
 class RMSNorm(nnx.Module):
-    """y = x / sqrt(mean(x²) + eps) · w, computed in float32 (as Hugging Face does)."""
+    """y = x / sqrt(mean(x²) + eps) · w, computed in float32 (as Hugging Face does); with
+    ``batch_invariant`` the normalisation runs in float64 and is rounded once to float32."""
 
-    def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs, batch_invariant: bool = False
+    ):
         self.eps = eps
+        self.batch_invariant = batch_invariant
         self.weight = _param(nnx.initializers.ones, rngs, (dim,), param_dtype, ("norm",))
+
+    def _normalize(self, x: jax.Array) -> jax.Array:
+        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        y = in_float64(self._normalize, x32) if self.batch_invariant else self._normalize(x32)
         return (self.weight[...].astype(jnp.float32) * y.astype(x.dtype)).astype(x.dtype)
 
 
-def project(x: jax.Array, w: jax.Array) -> jax.Array:
+def project(x: jax.Array, w: jax.Array, *, batch_invariant: bool = False) -> jax.Array:
     """x [B, T, D] · w [D, *out] → [B, T, *out] as one 2-D matmul in x's dtype.
 
     Training, prefill and decode all project through this one function so that a token's
-    activations do not depend on which path computed them.
+    activations do not depend on which path computed them. ``batch_invariant``: contract a
+    transposed copy of w (module docstring); the barrier keeps XLA from folding the
+    transpose back into the matmul.
     """
     b, t, d = x.shape
     out = w.shape[1:]
-    y = x.reshape(b * t, d) @ w.reshape(d, -1).astype(x.dtype)
-    return y.reshape(b, t, *out)
+    w2 = w.reshape(d, -1).astype(x.dtype)
+    if batch_invariant:
+        return project_transposed(x, jax.lax.optimization_barrier(w2.T)).reshape(b, t, *out)
+    return (x.reshape(b * t, d) @ w2).reshape(b, t, *out)
+
+
+def project_transposed(x: jax.Array, w_t: jax.Array) -> jax.Array:
+    """x [B, T, D] · w_tᵀ, with w_t [out, D] (the batch-invariant layout) → [B, T, out]."""
+    b, t, d = x.shape
+    dims = (((1,), (1,)), ((), ()))
+    y = jax.lax.dot_general(x.reshape(b * t, d), w_t.astype(x.dtype), dims)
+    return y.reshape(b, t, -1)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
@@ -117,30 +189,50 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
     return jnp.where(is_medium, smoothed, scaled)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotate-half RoPE. x: [B, T, *, H]; positions: [B, T]."""
+def apply_rope(
+    x: jax.Array, positions: jax.Array, inv_freq: jax.Array, *, batch_invariant: bool = False
+) -> jax.Array:
+    """Rotate-half RoPE. x: [B, T, *, H]; positions: [B, T]. The angles are float32 products
+    (as Hugging Face forms them); with ``batch_invariant`` cos, sin and the rotation run in
+    float64 on those angles."""
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    cos = jnp.cos(emb)[:, :, None, :]
-    sin = jnp.sin(emb)[:, :, None, :]
     x32 = x.astype(jnp.float32)
+    if batch_invariant:
+        return in_float64(_rotate, x32, emb).astype(x.dtype)
+    return _rotate(x32, emb).astype(x.dtype)
+
+
+def _rotate(x: jax.Array, emb: jax.Array) -> jax.Array:
+    cos = jnp.cos(emb)[:, :, None, :].astype(x.dtype)
+    sin = jnp.sin(emb)[:, :, None, :].astype(x.dtype)
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
 
 
 def token_logprob_entropy(
-    logits: jax.Array, targets: jax.Array | None = None
+    logits: jax.Array, targets: jax.Array | None = None, *, batch_invariant: bool = False
 ) -> tuple[jax.Array | None, jax.Array]:
     """log softmax(logits)[target] and the entropy of softmax(logits), in float32.
 
     logits [..., V]; targets [...] int or None. The sampler and the training step both score
-    tokens through this one function, so they agree to the last bit whenever their logits do.
+    tokens through this one function, so they agree to the last bit whenever their logits do
+    (with ``batch_invariant``, computed in float64: the sums over V then do not depend on how
+    many rows are scored at once).
     The chosen logit is taken relative to the row maximum before the log-normaliser is
     subtracted (``(z - m) - log Σ exp(z - m)``): forming ``m + log Σ exp`` first would round
     to the spacing of floats near the maximum logit (~4e-6 at 40).
     """
     z = logits.astype(jnp.float32)
+    if batch_invariant:
+        if targets is None:
+            return None, in_float64(lambda z: _logprob_entropy(z, None)[1], z)
+        return in_float64(_logprob_entropy, z, targets)
+    return _logprob_entropy(z, targets)
+
+
+def _logprob_entropy(z: jax.Array, targets: jax.Array | None):
     shifted = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
     probs = jnp.exp(shifted - lse[..., None])
@@ -149,6 +241,36 @@ def token_logprob_entropy(
         return None, entropy
     picked = jnp.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
     return picked - lse, entropy
+
+
+def attend(
+    qg: jax.Array,
+    keys: jax.Array,
+    values: jax.Array,
+    allowed: jax.Array,
+    scores_eq: str,
+    out_eq: str,
+    *,
+    batch_invariant: bool = False,
+) -> jax.Array:
+    """softmax(qg · keys / √H, masked to ``allowed``) · values, in qg's dtype.
+
+    The einsum specs give the layouts: ``scores_eq`` maps (qg, keys) to scores whose
+    leading axes are [B, K, G] and whose trailing axes match ``allowed`` [B, *T, S] less its
+    batch axis; ``out_eq`` maps (probs, values) to the output. Scores and softmax are float32
+    (float64 with ``batch_invariant``).
+    """
+
+    def core(qg, keys, values, allowed):
+        acc = jnp.promote_types(qg.dtype, jnp.float32)
+        scores = jnp.einsum(scores_eq, qg, keys).astype(acc) * (1.0 / math.sqrt(qg.shape[-1]))
+        logits = jnp.where(jnp.expand_dims(allowed, (1, 2)), scores, _NEG)
+        probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+        return jnp.einsum(out_eq, probs, values)
+
+    if batch_invariant:
+        return in_float64(core, qg, keys, values, allowed)
+    return core(qg, keys, values, allowed)
 
 
 class Attention(nnx.Module):
@@ -169,23 +291,25 @@ class Attention(nnx.Module):
         if cfg.o_bias:
             self.o_bias = _param(zeros, rngs, (d,), pd, ("embed",))
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs)
-            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs)
+            inv = cfg.batch_invariant
+            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=inv)
+            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=inv)
 
     def __call__(self, x, positions, inv_freq, mask_fn, layer_cache):
         cfg = self.cfg
         dt = x.dtype
-        q = project(x, self.q_proj[...])  # [B, T, N, H]
-        k = project(x, self.k_proj[...])  # [B, T, K, H]
-        v = project(x, self.v_proj[...])
+        inv = cfg.batch_invariant
+        q = project(x, self.q_proj[...], batch_invariant=inv)  # [B, T, N, H]
+        k = project(x, self.k_proj[...], batch_invariant=inv)  # [B, T, K, H]
+        v = project(x, self.v_proj[...], batch_invariant=inv)
         if cfg.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        q = apply_rope(q, positions, inv_freq, batch_invariant=inv)
+        k = apply_rope(k, positions, inv_freq, batch_invariant=inv)
 
         if layer_cache is not None:
             ck, cv, write_idx = layer_cache
@@ -199,13 +323,11 @@ class Attention(nnx.Module):
         b, t, n, h = q.shape
         kk = cfg.num_kv_heads
         qg = q.reshape(b, t, kk, n // kk, h)
-        logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, keys).astype(jnp.float32)
-        logits = logits * (1.0 / math.sqrt(h))
         allowed = mask_fn()  # [B, T, S]
-        logits = jnp.where(allowed[:, None, None], logits, _NEG)
-        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values).reshape(b, t, n * h)
-        y = project(out, self.o_proj[...].reshape(n * h, -1))
+        out = attend(
+            qg, keys, values, allowed, "BTKGH,BSKH->BKGTS", "BKGTS,BSKH->BTKGH", batch_invariant=inv
+        ).reshape(b, t, n * h)
+        y = project(out, self.o_proj[...].reshape(n * h, -1), batch_invariant=inv)
         if cfg.o_bias:
             y = y + self.o_bias[...].astype(dt)
         return y, new_cache
@@ -231,12 +353,17 @@ class MLP(nnx.Module):
         d, f = cfg.hidden_size, cfg.intermediate_size
         pd = _dtype(cfg.param_dtype)
         init = nnx.initializers.normal(0.02)
+        self.batch_invariant = cfg.batch_invariant
         self.gate_proj = _param(init, rngs, (d, f), pd, ("embed", "mlp"))
         self.up_proj = _param(init, rngs, (d, f), pd, ("embed", "mlp"))
         self.down_proj = _param(init, rngs, (f, d), pd, ("mlp", "embed"))
 
     def __call__(self, x):
         dt = x.dtype
+        if self.batch_invariant:
+            g = project(x, self.gate_proj[...], batch_invariant=True)
+            u = project(x, self.up_proj[...], batch_invariant=True)
+            return project(jax.nn.silu(g) * u, self.down_proj[...], batch_invariant=True)
         return swiglu(
             x,
             self.gate_proj[...].astype(dt),
@@ -286,9 +413,10 @@ swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         pd = _dtype(cfg.param_dtype)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
+        d, eps, inv = cfg.hidden_size, cfg.rms_norm_eps, cfg.batch_invariant
+        self.input_layernorm = RMSNorm(d, eps, pd, rngs=rngs, batch_invariant=inv)
         self.self_attn = Attention(cfg, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(d, eps, pd, rngs=rngs, batch_invariant=inv)
         self.mlp = MLP(cfg, rngs=rngs)
 
     def __call__(self, x, positions, inv_freq, mask_fn, layer_cache):
@@ -314,7 +442,9 @@ class Decoder(nnx.Module):
             ("vocab", "embed"),
         )
         self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
+        self.norm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=cfg.batch_invariant
+        )
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(
                 nnx.initializers.normal(0.02),
@@ -395,7 +525,10 @@ class Decoder(nnx.Module):
         if self.cfg.tie_word_embeddings:
             w = self.embed_tokens[...].astype(h.dtype)
             return jnp.einsum("...D,VD->...V", h, w).astype(jnp.float32)
-        return jnp.einsum("...D,DV->...V", h, self.lm_head[...].astype(h.dtype)).astype(jnp.float32)
+        w = self.lm_head[...].astype(h.dtype)
+        if self.cfg.batch_invariant:  # contract [V, D], as the tied head does
+            return logits_transposed(h, jax.lax.optimization_barrier(w.T))
+        return jnp.einsum("...D,DV->...V", h, w).astype(jnp.float32)
 
     def __call__(
         self,
@@ -421,6 +554,11 @@ class Decoder(nnx.Module):
             remat=remat,
         )
         return self.logits(h), cache
+
+
+def logits_transposed(h: jax.Array, w_t: jax.Array) -> jax.Array:
+    """h [..., D] · w_tᵀ with the output head stored [V, D] → float32 logits [..., V]."""
+    return jnp.einsum("...D,VD->...V", h, w_t.astype(h.dtype)).astype(jnp.float32)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:

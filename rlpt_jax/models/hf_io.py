@@ -190,16 +190,19 @@ def load_hf(
     rules: parallel.Rules = parallel.TRAIN_RULES,
     param_dtype: str | None = None,
     dtype: str | None = None,
+    batch_invariant: bool = False,
 ) -> Decoder:
     """Load a Hugging Face model folder into a ``Decoder``.
 
     With ``mesh``, every parameter is created directly with the sharding the logical-axis
-    ``rules`` give it. ``param_dtype`` / ``dtype`` override storage and compute dtypes.
+    ``rules`` give it. ``param_dtype`` / ``dtype`` override storage and compute dtypes;
+    ``batch_invariant`` sets ``ModelConfig.batch_invariant``.
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     overrides = {k: v for k, v in (("param_dtype", param_dtype), ("dtype", dtype)) if v}
+    overrides["batch_invariant"] = bool(batch_invariant)
     cfg = ModelConfig.from_pretrained(path, **overrides)
     files = _tensor_files(path)
     check_tensors(cfg, _shapes(files))

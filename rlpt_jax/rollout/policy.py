@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.rollout.tree import TurnSample
 from rlpt_jax.sampling.sample import SamplingParams
-from rlpt_jax.sampling.sampler import Sampler, SamplerConfig, Session, to_sampler_layout
+from rlpt_jax.sampling.sampler import Sampler, SamplerConfig, Session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +81,7 @@ class Policy:
         if self.sampler is None:
             self.sampler = Sampler(model, self.tokenizer, self.config, mesh=self.mesh)
             return
-        if self.mesh is not None:
-            model = to_sampler_layout(model, self.mesh)
-        self.sampler.state = nnx.split(model)[1]
+        self.sampler.set_model(model)
 
     def _require(self) -> Sampler:
         if self.sampler is None:

@@ -20,6 +20,10 @@ marks their slot empty; a query at position p attends to slots holding 0 <= pos 
 stale slots beyond a row's length (after a cut or a truncating fork) are never read.
 It also lets a decode chunk read only the front of the cache that its rows can reach
 (``decode_window``).
+
+Batch-invariant models (``ModelConfig.batch_invariant``) keep their projection weights
+transposed, [out, in], in the sampler (``sampler_weights``), so that decode steps contract
+them as ``x · Wᵀ`` like the training forward does, without transposing per step.
 """
 
 from __future__ import annotations
@@ -33,10 +37,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlpt_jax.models.config import ModelConfig
-from rlpt_jax.models.decoder import Decoder, KVCache, apply_rope, project, rope_inv_freq
+from rlpt_jax.models.decoder import (
+    Decoder,
+    KVCache,
+    apply_rope,
+    attend,
+    logits_transposed,
+    project,
+    project_transposed,
+    rope_inv_freq,
+)
 from rlpt_jax.sampling import sample as sample_lib
-
-_NEG = -1e30
 
 # Number of times each jitted function was traced (a Python side effect runs only when
 # tracing), so tests can assert that a second call with the same buckets does not recompile.
@@ -87,30 +98,81 @@ class SampleCache:
         )
 
 
+_TRANSPOSED = {  # module attribute -> number of leading [in] axes of its training layout
+    "q_proj": 1,
+    "k_proj": 1,
+    "v_proj": 1,
+    "o_proj": 2,
+    "gate_proj": 1,
+    "up_proj": 1,
+    "down_proj": 1,
+    "lm_head": 1,
+}
+
+
+def sampler_weights(model: Decoder) -> Decoder:
+    """The model as the sampler holds it: for a batch-invariant model, every projection
+    weight (and an untied output head) transposed to a 2-D [out, in] matrix, its logical axes
+    (first out axis, first in axis); any other model is returned as is. The input model is
+    unchanged."""
+    if not model.cfg.batch_invariant:
+        return model
+    graphdef, state = nnx.split(model)
+    flat = []
+    for path, var in nnx.to_flat_state(state):
+        n_in = _TRANSPOSED.get(str(path[-1]))
+        if n_in is not None:
+            value = var.get_value() if hasattr(var, "get_value") else var.value
+            axes = var.get_metadata()["logical_axes"]
+            rows = math.prod(value.shape[:n_in])
+            var = var.replace(
+                jnp.transpose(value.reshape(rows, -1)), logical_axes=(axes[n_in], axes[0])
+            )
+        flat.append((path, var))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _project(x, w, batch_invariant: bool, out_shape=None):
+    """x [R, T, D] through a projection weight as the sampler holds it (``sampler_weights``)."""
+    if not batch_invariant:
+        return project(x, w)
+    y = project_transposed(x, w)
+    return y if out_shape is None else y.reshape(*y.shape[:2], *out_shape)
+
+
+def _mlp(mlp, x):
+    if not mlp.batch_invariant:
+        return mlp(x)
+    g = project_transposed(x, mlp.gate_proj[...])
+    u = project_transposed(x, mlp.up_proj[...])
+    return project_transposed(jax.nn.silu(g) * u, mlp.down_proj[...])
+
+
 def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
     """One attention layer over the cache. x [R, T, D]; kc, vc [R, K, S, H]; slots [R, T];
     allowed [R, T, W]: attention reads the first W <= S slots (the rest are never allowed)."""
     cfg = attn.cfg
     dt = x.dtype
-    q = project(x, attn.q_proj[...])  # [R, T, N, H]
-    k = project(x, attn.k_proj[...])  # [R, T, K, H]
-    v = project(x, attn.v_proj[...])
+    inv = cfg.batch_invariant
+    n, kk, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = _project(x, attn.q_proj[...], inv, (n, h))  # [R, T, N, H]
+    k = _project(x, attn.k_proj[...], inv, (kk, h))  # [R, T, K, H]
+    v = _project(x, attn.v_proj[...], inv, (kk, h))
     if cfg.qkv_bias:
         q = q + attn.q_bias[...].astype(dt)
         k = k + attn.k_bias[...].astype(dt)
         v = v + attn.v_bias[...].astype(dt)
     if cfg.qk_norm:
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq)
+    q = apply_rope(q, positions, inv_freq, batch_invariant=inv)
+    k = apply_rope(k, positions, inv_freq, batch_invariant=inv)
 
     rows = jnp.arange(x.shape[0])[:, None]
     # Indexing [R, T] pairs around the K slice puts the [R, T] dims first: updates [R, T, K, H].
     kc = kc.at[rows, :, slots].set(k.astype(kc.dtype), mode="drop")
     vc = vc.at[rows, :, slots].set(v.astype(vc.dtype), mode="drop")
 
-    b, t, n, h = q.shape
-    kk = cfg.num_kv_heads
+    b, t = q.shape[:2]
     w = allowed.shape[-1]
     keys, values = kc[:, :, :w].astype(dt), vc[:, :, :w].astype(dt)
     # The cache is [R, K, S, H] so that both attention products read it without a transpose.
@@ -118,22 +180,17 @@ def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
     # around each of the [R·K] tiny dots; without it, it fuses them into multiply-reduce
     # loops that stream the cache once (SmolLM2-135M, batch 16, S=256: 40 ms per decode step
     # against 59 ms).
-    decode = t == 1
-    if decode:
+    if t == 1:
         qg = q.reshape(b, kk, n // kk, h)
-        scores = jnp.einsum("BKGH,BKSH->BKGS", qg, keys)[:, :, :, None]
+        eqs = ("BKGH,BKSH->BKGS", "BKGS,BKSH->BKGH")
+        out = attend(qg, keys, values, allowed[:, 0], *eqs, batch_invariant=inv)
     else:
         qg = q.reshape(b, t, kk, n // kk, h)
-        scores = jnp.einsum("BTKGH,BKSH->BKGTS", qg, keys)  # [R, K, G, T, S]
-    logits = scores.astype(jnp.float32) * (1.0 / math.sqrt(h))
-    logits = jnp.where(allowed[:, None, None], logits, _NEG)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    if decode:
-        out = jnp.einsum("BKGS,BKSH->BKGH", probs[:, :, :, 0], values)
-    else:
-        out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, values)
+        eqs = ("BTKGH,BKSH->BKGTS", "BKGTS,BKSH->BTKGH")
+        out = attend(qg, keys, values, allowed, *eqs, batch_invariant=inv)
     out = out.reshape(b, t, n * h)
-    y = project(out, attn.o_proj[...].reshape(n * h, -1))
+    o = attn.o_proj[...]
+    y = _project(out, o if inv else o.reshape(n * h, -1), inv)
     if cfg.o_bias:
         y = y + attn.o_bias[...].astype(dt)
     return y, kc, vc
@@ -176,7 +233,7 @@ def forward(
             slots,
         )
         x = x + a
-        x = x + block.mlp(block.post_attention_layernorm(x))
+        x = x + _mlp(block.mlp, block.post_attention_layernorm(x))
         new_k.append(kc)
         new_v.append(vc)
     return model.norm(x), SampleCache(k=tuple(new_k), v=tuple(new_v), pos=pos)
@@ -184,6 +241,8 @@ def forward(
 
 def output_logits(model: Decoder, h: jax.Array) -> jax.Array:
     """h [R, D] → float32 logits [R, V] (the model's own head: the training step uses it too)."""
+    if model.cfg.batch_invariant and not model.cfg.tie_word_embeddings:
+        return logits_transposed(h, model.lm_head[...])  # stored [V, D] (sampler_weights)
     return model.logits(h)
 
 
@@ -289,7 +348,7 @@ def decode_chunk(
             top_k=static.top_k,
             use_top_p=static.use_top_p,
         )
-        lp, ent = sample_lib.raw_stats(logits, tok)
+        lp, ent = sample_lib.raw_stats(logits, tok, batch_invariant=model.cfg.batch_invariant)
         out_tok = out_tok.at[:, i].set(jnp.where(active, tok, -1))
         out_lp = out_lp.at[:, i].set(lp)
         out_ent = out_ent.at[:, i].set(ent)

@@ -74,12 +74,14 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def raw_stats(logits: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+def raw_stats(
+    logits: jax.Array, tokens: jax.Array, *, batch_invariant: bool = False
+) -> tuple[jax.Array, jax.Array]:
     """Log-prob of ``tokens`` [B] and entropy [B] under softmax(logits [B, V] float32).
 
     The same function the training step scores tokens with (``token_logprob_entropy``).
     """
-    return token_logprob_entropy(logits, tokens)
+    return token_logprob_entropy(logits, tokens, batch_invariant=batch_invariant)
 
 
 _BISECT_STEPS = 32  # halvings of a 101-wide logit interval: finer than float32 spacing

@@ -109,9 +109,14 @@ class Sample:
     row: int
 
 
-def to_sampler_layout(model: Decoder, mesh: Mesh) -> Decoder:
-    """The model with parameters resharded from the training layout to the sampling one
-    (tensor-parallel only, whole along ``embed``); the input model is unchanged."""
+def to_sampler_layout(model: Decoder, mesh: Mesh | None) -> Decoder:
+    """The model with parameters moved from the training layout to the sampling one: a
+    batch-invariant model's projections transposed (``engine.sampler_weights``), and with a
+    mesh, everything resharded tensor-parallel only (whole along ``embed``). The input model
+    is unchanged."""
+    model = engine.sampler_weights(model)
+    if mesh is None:
+        return model
     return parallel.reshard_model(model, mesh, parallel.SAMPLE_RULES)
 
 
@@ -142,13 +147,18 @@ class Sampler:
                 f"max_cache_length={config.max_cache_length} exceeds the model's "
                 f"max_position_embeddings={cfg.max_position_embeddings}"
             )
-        if mesh is not None:
-            model = to_sampler_layout(model, mesh)
+        model = to_sampler_layout(model, mesh)
         self.model_cfg = cfg
         self.config = config
         self.mesh = mesh
         self.tokenizer = tokenizer
         self.cache_dtype = _CACHE_DTYPES[config.cache_dtype]
+        if cfg.batch_invariant and jnp.finfo(self.cache_dtype).bits < jnp.finfo(cfg.dtype).bits:
+            raise ValueError(
+                f"a batch-invariant model computing in {cfg.dtype} needs a KV cache of the same "
+                f"precision (cache_dtype={cfg.dtype!r}, not {config.cache_dtype!r}): a narrower "
+                f"cache rounds the keys and values that the training forward uses unrounded"
+            )
         self.max_length = config.max_cache_length or cfg.max_position_embeddings
         eos = tuple(tokenizer.eos_ids) if tokenizer is not None else tuple(cfg.eos_token_ids)
         self.eos_ids = tuple(int(e) for e in eos)
@@ -197,8 +207,18 @@ class Sampler:
         return jax.jit(make)()
 
     # -- sizing -------------------------------------------------------------------------
+    def set_model(self, model: Decoder) -> None:
+        """Sample from these weights from now on (training layout; moved here with
+        ``to_sampler_layout``). Same architecture, so nothing recompiles."""
+        if model.cfg != self.model_cfg:
+            raise ValueError("set_model needs a model of the sampler's architecture")
+        self.state = nnx.split(to_sampler_layout(model, self.mesh))[1]
+
     def rows_bucket(self, rows: int) -> int:
-        b = _pow2(rows, self.config.min_rows)
+        # A batch-invariant model never runs a 1-row matmul: XLA:CPU's matrix-vector kernel
+        # sums in another order than its matrix kernel (decoder module docstring).
+        least = 2 if self.model_cfg.batch_invariant else 1
+        b = _pow2(rows, max(self.config.min_rows, least))
         m = self.row_multiple
         return -(-b // m) * m
 

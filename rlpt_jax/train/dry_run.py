@@ -61,7 +61,11 @@ class Plan:
 
 def model_config(exp: ExperimentConfig, arch: str | None) -> ModelConfig:
     path = exp.model.path
-    dtypes = dict(param_dtype=exp.model.param_dtype, dtype=exp.model.dtype)
+    dtypes = dict(
+        param_dtype=exp.model.param_dtype,
+        dtype=exp.model.dtype,
+        batch_invariant=exp.model.batch_invariant,
+    )
     if path and path != EMBEDDED and (Path(path) / "config.json").is_file():
         return ModelConfig.from_pretrained(path, **dtypes)
     if path == EMBEDDED:

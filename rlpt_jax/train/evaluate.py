@@ -28,7 +28,11 @@ def evaluate_model(config, model_path: str | None = None, limit: int | None = No
         exp = dataclasses.replace(exp, eval=dataclasses.replace(exp.eval, num_prompts=limit))
     mesh = parallel.make_mesh(exp.mesh)
     model = load_hf(
-        exp.model.resolve(), mesh=mesh, param_dtype=exp.model.param_dtype, dtype=exp.model.dtype
+        exp.model.resolve(),
+        mesh=mesh,
+        param_dtype=exp.model.param_dtype,
+        dtype=exp.model.dtype,
+        batch_invariant=exp.model.batch_invariant,
     )
     tok = Tokenizer(exp.model.resolve_tokenizer())
     use_chat = exp.chat_template and tok.has_chat_template

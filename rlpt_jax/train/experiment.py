@@ -46,7 +46,9 @@ class ModelSpec:
     ``arch``: an architecture preset (``rlpt_jax.models.presets``) used by ``--dry_run``
     to plan a run before the checkpoint is at hand.
     ``tokenizer_path``: defaults to ``path``. ``remat``: per-layer rematerialisation in
-    the update step (less memory, ≈ one more forward of compute).
+    the update step (less memory, ≈ one more forward of compute). ``batch_invariant``:
+    numerics under which the sampler's log-probs equal the update step's bit for bit
+    (``ModelConfig.batch_invariant``; float32 on CPU), at ~30% slower sampling.
     """
 
     path: str | None = EMBEDDED
@@ -55,6 +57,7 @@ class ModelSpec:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    batch_invariant: bool = False
 
     def resolve(self) -> Path:
         """The model folder; a clear error when it is not given or does not exist."""

@@ -113,7 +113,13 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     log(
         f"[rlpt_jax] {exp.method} | model {model_dir} | mesh {dict(mesh.shape)} | workdir {workdir}"
     )
-    model = load_hf(model_dir, mesh=mesh, param_dtype=exp.model.param_dtype, dtype=exp.model.dtype)
+    model = load_hf(
+        model_dir,
+        mesh=mesh,
+        param_dtype=exp.model.param_dtype,
+        dtype=exp.model.dtype,
+        batch_invariant=exp.model.batch_invariant,
+    )
     tokenizer = Tokenizer(exp.model.resolve_tokenizer())
     if tokenizer.vocab_size > model.cfg.vocab_size:
         raise ValueError(

@@ -84,7 +84,8 @@ def _target_valid(segment_ids: Array) -> Array:
 def _chunk_logprobs(model: nnx.Module, h: Array, targets: Array, with_entropy: bool):
     """h [B, c, D], targets [B, c] → (log-prob [B, c], entropy [B, c] or None), through the
     model's head and the scoring function the sampler uses too."""
-    logp, entropy = token_logprob_entropy(model.logits(h), targets)
+    inv = model.cfg.batch_invariant
+    logp, entropy = token_logprob_entropy(model.logits(h), targets, batch_invariant=inv)
     return logp, entropy if with_entropy else None
 
 
