@@ -5,14 +5,16 @@ tokens, but with different shapes: a decode step has one row per sequence, a tra
 forward has batch x length rows, and attention softmaxes run over a cache window instead of
 the sequence. On XLA:CPU several operations pick their implementation (and with it the order
 of their float32 roundings) from the shape, which is why the sampler's log-probs and the
-training forward's differ by ~1e-5 on SmolLM2-135M (the sampler issue). This script prints,
-for each such operation, which shapes give bit-identical results to a large reference shape,
-and times the one alternative that is shape-invariant (x·Wᵀ against x·W) at decode shapes.
+training forward's differ by ~1e-5 on SmolLM2-135M with the default (fast) numerics. This
+script prints, for each such operation, which shapes give bit-identical results to a large
+reference shape, and times x·Wᵀ against x·W at decode shapes.
 
     .venv/bin/python bench/rounding_probe.py   # table, then one JSON object on the last line
 
-Re-run it after a jax/jaxlib update: the sampler/training parity gap can only close once every
-row of the "identical" column says yes for the decode shapes (rows = batch, 1-16).
+The batch-invariant numerics (``ModelConfig.batch_invariant``) rely on two rows of this
+table: x·Wᵀ identical at every row count from 2 up, and the float64 RMSNorm and softmax
+(``in_float64``) identical at every shape. Re-run it after a jax/jaxlib update; if either
+stops holding, ``tests/test_batch_invariant.py`` fails too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rlpt_jax  # noqa: F401  (sets the package's XLA:CPU flags before the backend starts)
+from rlpt_jax.models.decoder import in_float64
 
 ROWS = (1, 2, 4, 8, 16, 32, 48, 64)
 REF_ROWS = 512
@@ -49,19 +52,24 @@ def _dot_rows(k: int, n: int, transposed: bool, rng) -> list[int]:
     return [m for m in ROWS if _same(f(x[:m], w), ref[:m])]
 
 
-def _norm_rows(rng) -> list[int]:
-    """Row counts whose RMSNorm (the model's formula) equals that of a 2048-row batch."""
+def _maybe_wide(fn, wide: bool):
+    return jax.jit((lambda x: in_float64(fn, x)) if wide else fn)
+
+
+def _norm_rows(rng, wide: bool = False) -> list[int]:
+    """Row counts whose RMSNorm (the model's formula) equals that of a 2048-row batch;
+    ``wide``: computed in float64 and rounded once (the batch-invariant path)."""
     x = (rng.standard_normal((2048, 576)) * 3).astype(np.float32)
-    f = jax.jit(lambda x: x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-5))
+    f = _maybe_wide(lambda x: x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-5), wide)
     ref = np.asarray(f(x))
     return [m for m in ROWS if _same(f(x[:m]), ref[:m])]
 
 
-def _softmax_lengths(rng) -> list[int]:
+def _softmax_lengths(rng, wide: bool = False) -> list[int]:
     """Lengths L whose softmax over L scores equals the softmax of the same scores followed by
     masked (-1e30) slots up to 256, as a decode step sees them in its cache window."""
     s = rng.standard_normal((64, 256)).astype(np.float32)
-    f = jax.jit(lambda s: jax.nn.softmax(s, -1))
+    f = _maybe_wide(lambda s: jax.nn.softmax(s, -1), wide)
     out = []
     for length in (16, 37, 40, 48, 64, 100, 128):
         padded = np.full_like(s, -1e30)
@@ -126,7 +134,9 @@ def main() -> None:
             name = f"x·W{'ᵀ' if transposed else ''} K={k} N={n} (rows vs {REF_ROWS})"
             rows[name] = _dot_rows(k, n, transposed, rng)
     rows["RMSNorm D=576 (rows vs 2048)"] = _norm_rows(rng)
+    rows["RMSNorm in float64 (rows vs 2048)"] = _norm_rows(rng, wide=True)
     rows["softmax over L (vs L + masked slots)"] = _softmax_lengths(rng)
+    rows["softmax in float64 (vs L + masked slots)"] = _softmax_lengths(rng, wide=True)
     for name, ok in rows.items():
         print(f"{name:44s} {ok}")
     print(f"(rows tried: {list(ROWS)}; lengths tried: [16, 37, 40, 48, 64, 100, 128])")
@@ -139,7 +149,9 @@ def main() -> None:
     summary = {
         "dot_rows_identical": {k: v for k, v in rows.items() if k.startswith("x·")},
         "rmsnorm_rows_identical": rows["RMSNorm D=576 (rows vs 2048)"],
+        "rmsnorm_float64_rows_identical": rows["RMSNorm in float64 (rows vs 2048)"],
         "softmax_lengths_identical": rows["softmax over L (vs L + masked slots)"],
+        "softmax_float64_lengths_identical": rows["softmax in float64 (vs L + masked slots)"],
         "decode_dots_ms_plain": round(plain_ms, 2),
         "decode_dots_ms_transposed": round(trans_ms, 2),
     }

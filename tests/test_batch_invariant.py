@@ -212,3 +212,34 @@ def test_sharded_sampling_equals_single_device(tiny_dirs):
     cfg = model.cfg
     assert q.shape == (cfg.num_heads * cfg.head_dim, cfg.hidden_size)
     assert "tensor" in str(q.sharding.spec) and "fsdp" not in str(q.sharding.spec)
+
+
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+def test_sharded_update_step_equals_the_fast_single_device_step(remat):
+    """The batch-invariant update step (in-graph weight transposes, float64 parts with their
+    own backward) on a data x fsdp x tensor mesh moves the parameters like the fast path."""
+    from test_train_step import CFG, _batch
+
+    from rlpt_jax.algos.losses import LossConfig
+    from rlpt_jax.models.decoder import init_model
+    from rlpt_jax.train import state as S
+    from rlpt_jax.train import steps as ST
+
+    tx = S.make_optimizer(S.OptimConfig(learning_rate=1e-3, eps=1e-3))
+    b = _batch(packed=True)
+    step_cfg = ST.StepConfig(chunk=8, micro_batches=2, remat=remat)
+    obj = ST.policy_objective(LossConfig())
+    fast = S.create_train_state(init_model(CFG, 0), tx)
+    fast, m_fast = ST.make_update_step(tx, obj, step_cfg)(fast, b)
+
+    mesh = parallel.make_mesh(parallel.MeshConfig(data=2, fsdp=2, tensor=2))
+    inv = S.create_train_state(init_model(CFG.replace(batch_invariant=True), 0), tx)
+    inv, shardings = S.shard_train_state(inv, tx, mesh)
+    step = ST.make_update_step(tx, obj, step_cfg, mesh=mesh, state_shardings=shardings)
+    inv, m_inv = step(inv, parallel.shard_batch(b, mesh))
+    np.testing.assert_allclose(m_inv["loss"], m_fast["loss"], rtol=1e-5)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
+        jax.tree.map(np.asarray, nnx.to_pure_dict(fast.params)),
+        jax.tree.map(np.asarray, nnx.to_pure_dict(inv.params)),
+    )
