@@ -32,7 +32,7 @@ class ModelConfig:
     a way that does not depend on how many other tokens share the call, so that a decode
     step of a few rows and a teacher-forced training forward give bit-identical logits
     (float32 on XLA:CPU; see ``rlpt_jax.models.decoder``). It costs speed: the sampler's
-    decode runs ~25% slower at batch 16 and ~45% slower at batch 1 (``bench/sampler.py``).
+    decode runs ~30% slower at batch 16 and ~45% slower at batch 1 (``bench/sampler.py``).
     """
 
     model_type: str

@@ -35,7 +35,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlpt_jax.models.decoder import token_logprob_entropy
+from rlpt_jax.models.decoder import logits_transposed, token_logprob_entropy
 from rlpt_jax.train.batch import RLBatch
 from rlpt_jax.train.state import TrainState
 
@@ -81,11 +81,15 @@ def _target_valid(segment_ids: Array) -> Array:
     return (segment_ids != 0) & (segment_ids == prev)
 
 
-def _chunk_logprobs(model: nnx.Module, h: Array, targets: Array, with_entropy: bool):
+def _chunk_logprobs(
+    model: nnx.Module, h: Array, targets: Array, with_entropy: bool, head_t: Array | None = None
+):
     """h [B, c, D], targets [B, c] → (log-prob [B, c], entropy [B, c] or None), through the
-    model's head and the scoring function the sampler uses too."""
+    model's head and the scoring function the sampler uses too. ``head_t``: the untied
+    output head already transposed to [V, D] (batch-invariant models; see token_logprobs)."""
+    logits = model.logits(h) if head_t is None else logits_transposed(h, head_t)
     inv = model.cfg.batch_invariant
-    logp, entropy = token_logprob_entropy(model.logits(h), targets, batch_invariant=inv)
+    logp, entropy = token_logprob_entropy(logits, targets, batch_invariant=inv)
     return logp, entropy if with_entropy else None
 
 
@@ -157,8 +161,13 @@ def token_logprobs(
     hc = h.reshape(b, n_chunks, chunk, h.shape[-1]).swapaxes(0, 1)  # [C, B, c, D]
     tc = targets.reshape(b, n_chunks, chunk).swapaxes(0, 1)  # [C, B, c]
 
+    head_t = None
+    if model.cfg.batch_invariant and not model.cfg.tie_word_embeddings:
+        # Transposed once here, not in every chunk (Decoder.logits would, inside the loop).
+        head_t = jax.lax.optimization_barrier(model.lm_head[...].T)
+
     def one(args):
-        return _chunk_logprobs(model, *args, with_entropy)
+        return _chunk_logprobs(model, *args, with_entropy, head_t)
 
     if logits_remat:
         one = jax.checkpoint(one)
