@@ -55,3 +55,7 @@ def test_plan_numbers_by_hand():
     # every non-norm tensor has a dimension divisible by 8 along its fsdp axis
     assert p.bytes["parameters"] == 4 * ((total - norms) // 8 + norms)
     assert p.bytes["optimizer (AdamW)"] == 2 * p.bytes["parameters"]
+    assert "transposed weights (batch-invariant)" not in p.bytes
+    p_inv = dry_run.plan(exp, cfg.replace(batch_invariant=True), mesh)
+    assert p_inv.bytes["transposed weights (batch-invariant)"] == p.bytes["parameters"]  # f32
+    assert p_inv.total == p.total + p.bytes["parameters"]

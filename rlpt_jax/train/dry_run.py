@@ -17,7 +17,9 @@ divided by the mesh axes that shard it:
   the vocabulary chunk adds 3·rows·chunk·V·4 (attention is plain XLA: the T×T scores are
   materialised, so long sequences are dominated by them);
 * the sampler's KV cache, 2·L·rows·T·K·H·b_cache, rows = one wave
-  (``rollout.sampler_rows``) over (data, fsdp), kv heads over tensor.
+  (``rollout.sampler_rows``) over (data, fsdp), kv heads over tensor;
+* with ``model.batch_invariant``, the update step's transposed copy of the weights,
+  P·b_compute (an upper bound: XLA may keep only some layers' copies live at once).
 
 With ``compile=True`` the update step is also lowered and compiled for abstract inputs, and
 XLA's own memory analysis is printed (slow for multi-billion-parameter models on a CPU).
@@ -128,17 +130,16 @@ def plan(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> Plan:
     sample_rows = max(1, math.ceil(min(rows, wave) / batch_shards))
     kv_local = max(1, cfg.num_kv_heads // tp)
     kv = 2 * cfg.num_layers * sample_rows * seq * kv_local * cfg.head_dim * cache_b
-    return Plan(
-        mesh_shape=dict(mesh.shape),
-        params=rows_spec,
-        bytes={
-            "parameters": param_elems * pb,
-            "gradients": param_elems * 4,
-            "optimizer (AdamW)": 2 * param_elems * 4,
-            "activations (one micro-batch)": acts,
-            "sampler KV cache": kv,
-        },
-    )
+    sizes = {
+        "parameters": param_elems * pb,
+        "gradients": param_elems * 4,
+        "optimizer (AdamW)": 2 * param_elems * 4,
+        "activations (one micro-batch)": acts,
+        "sampler KV cache": kv,
+    }
+    if cfg.batch_invariant:
+        sizes["transposed weights (batch-invariant)"] = param_elems * cb
+    return Plan(mesh_shape=dict(mesh.shape), params=rows_spec, bytes=sizes)
 
 
 def run(
