@@ -41,6 +41,7 @@ remove the reduction-order dependence, but matmul order is up to the backend's k
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -88,11 +89,14 @@ class KVCache:
         return KVCache(k=self.k[:, rows], v=self.v[:, rows], pos=self.pos[rows])
 
 
-def in_float64(fn, *args):
+def in_float64(fn, *args, keep: tuple[int, ...] = ()):
     """``fn(*args)`` evaluated in float64, its outputs (an array or a tuple of them) rounded
     back to ``args[0]``'s dtype.
 
-    Floating args are upcast (exactly) before ``fn`` runs; integer and bool args pass through.
+    Floating args are upcast (exactly) before ``fn`` runs, except those at the positions in
+    ``keep`` (for ops that widen by themselves, e.g. a dot with
+    ``preferred_element_type=float64``, which spares materialising a float64 copy);
+    integer and bool args pass through.
     The gradient is float64 too: the backward pass re-runs ``fn`` under ``jax.vjp`` inside the
     float64 context (a plain autodiff of the forward would build its transpose after the
     context closed, with float64 cotangents that float32 mode cannot represent).
@@ -101,7 +105,10 @@ def in_float64(fn, *args):
     def run(*a):
         with jax.enable_x64(True):
             wide = [
-                x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x for x in a
+                x.astype(jnp.float64)
+                if i not in keep and jnp.issubdtype(x.dtype, jnp.floating)
+                else x
+                for i, x in enumerate(a)
             ]
             return jax.tree.map(lambda y: y.astype(a[0].dtype), fn(*wide))
 
@@ -261,15 +268,19 @@ def attend(
     (float64 with ``batch_invariant``).
     """
 
-    def core(qg, keys, values, allowed):
-        acc = jnp.promote_types(qg.dtype, jnp.float32)
-        scores = jnp.einsum(scores_eq, qg, keys).astype(acc) * (1.0 / math.sqrt(qg.shape[-1]))
+    def core(qg, keys, values, allowed, wide=False):
+        if wide:  # float32 in, exact float64 products and sums out (no float64 copy of keys)
+            scores = jnp.einsum(scores_eq, qg, keys, preferred_element_type=jnp.float64)
+        else:
+            scores = jnp.einsum(scores_eq, qg, keys).astype(jnp.float32)
+        scores = scores * (1.0 / math.sqrt(qg.shape[-1]))
         logits = jnp.where(jnp.expand_dims(allowed, (1, 2)), scores, _NEG)
         probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
         return jnp.einsum(out_eq, probs, values)
 
     if batch_invariant:
-        return in_float64(core, qg, keys, values, allowed)
+        wide = functools.partial(core, wide=True)
+        return in_float64(wide, qg, keys, values, allowed, keep=(0, 1))
     return core(qg, keys, values, allowed)
 
 
