@@ -7,6 +7,20 @@ from pathlib import Path
 import numpy as np
 
 
+def hf_greedy(hf, prompt: list[int], max_new_tokens: int) -> np.ndarray:
+    """transformers' greedy ``generate`` continuation of one prompt (new token ids only)."""
+    import torch
+
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        )
+    return out[0, len(prompt) :].numpy()
+
+
 def tiny_hf_model(kind: str, seed: int = 0):
     """A small random transformers model of the given family (float32, eval mode)."""
     import torch

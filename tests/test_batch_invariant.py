@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
-from hf_fixtures import save_tiny, tiny_hf_model
+from hf_fixtures import hf_greedy, save_tiny, tiny_hf_model
 from rlpt_jax import parallel
 from rlpt_jax.models.decoder import in_float64
 from rlpt_jax.models.hf_io import load_hf
@@ -90,14 +89,7 @@ def test_sampler_scores_equal_training_bit_for_bit(kind, tiny_dirs, one_torch_th
             np.testing.assert_array_equal(s.tokens, f.tokens)
             np.testing.assert_allclose(s.logprobs, f.logprobs, atol=1e-5, rtol=0)
             if params.temperature == 0.0:
-                with torch.no_grad():
-                    ref = hf.generate(
-                        torch.tensor([prompt]),
-                        max_new_tokens=20,
-                        do_sample=False,
-                        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                    )[0, len(prompt) :].numpy()
-                np.testing.assert_array_equal(s.tokens, ref)
+                np.testing.assert_array_equal(s.tokens, hf_greedy(hf, prompt, 20))
 
 
 def test_continue_and_fork_equal_scratch_bit_for_bit(tiny_dirs):

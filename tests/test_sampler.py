@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 from scipy import stats
 
-from hf_fixtures import save_tiny, tiny_hf_model
+from hf_fixtures import hf_greedy, save_tiny, tiny_hf_model
 from rlpt_jax import parallel
 from rlpt_jax.models.config import ModelConfig
 from rlpt_jax.models.decoder import Decoder, KVCache
@@ -224,14 +223,7 @@ def test_tiny_families_greedy_and_logprobs_strict(kind, tmp_path, one_torch_thre
     greedy = sampler.generate(prompts, SamplingParams(max_new_tokens=20, temperature=0.0))
     sampled = sampler.generate(prompts, SamplingParams(max_new_tokens=20, seed=1))
     for prompt, (g,), (s,) in zip(prompts, greedy, sampled, strict=True):
-        with torch.no_grad():
-            ref = hf.generate(
-                torch.tensor([prompt]),
-                max_new_tokens=20,
-                do_sample=False,
-                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            )[0, len(prompt) :].numpy()
-        np.testing.assert_array_equal(g.tokens, ref)
+        np.testing.assert_array_equal(g.tokens, hf_greedy(hf, prompt, 20))
         for out in (g, s):
             ref_lp = _training_logprobs(model, prompt, out.tokens)
             np.testing.assert_allclose(out.logprobs, ref_lp, atol=1e-5, rtol=0)

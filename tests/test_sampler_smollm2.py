@@ -9,6 +9,7 @@ import pytest
 import torch
 from flax import nnx
 
+from hf_fixtures import hf_greedy
 from rlpt_jax.models.hf_io import load_hf
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.sampling import TRACE_COUNTS, Sampler, SamplerConfig, SamplingParams, engine
@@ -25,22 +26,30 @@ GREEDY = SamplingParams(max_new_tokens=32, temperature=0.0)
 SAMPLED = SamplingParams(max_new_tokens=12, temperature=0.5, top_k=5, top_p=0.9, seed=3)
 
 
-@pytest.fixture(scope="module")
-def setup(embedded_model_dir):
-    model = load_hf(embedded_model_dir)
-    tok = Tokenizer(embedded_model_dir)
+def _setup(model_dir, batch_invariant: bool):
+    model = load_hf(model_dir, batch_invariant=batch_invariant)
+    tok = Tokenizer(model_dir)
     # One row, slot and prefill bucket for the whole file: each new shape compiles the 30-layer
     # model again, which dominates this file's run time.
     cfg = SamplerConfig(min_rows=4, min_cache_length=128, min_length_bucket=64)
     return model, tok, Sampler(model, tok, cfg)
 
 
-@pytest.fixture(scope="module")
-def greedy_out(setup):
+def _greedy_out(setup):
     _, tok, sampler = setup
     prompts = [tok.encode(p) for p in PROMPTS]
     assert len({len(p) for p in prompts}) == 4
     return prompts, sampler.generate(prompts, GREEDY)
+
+
+@pytest.fixture(scope="module")
+def setup(embedded_model_dir):
+    return _setup(embedded_model_dir, batch_invariant=False)
+
+
+@pytest.fixture(scope="module")
+def greedy_out(setup):
+    return _greedy_out(setup)
 
 
 @nnx.jit(static_argnames="entropy")
@@ -68,18 +77,12 @@ _KNOWN_GAP = pytest.mark.xfail(
 
 @pytest.fixture(scope="module")
 def invariant_setup(embedded_model_dir):
-    model = load_hf(embedded_model_dir, batch_invariant=True)
-    tok = Tokenizer(embedded_model_dir)
-    cfg = SamplerConfig(min_rows=4, min_cache_length=128, min_length_bucket=64)
-    return model, tok, Sampler(model, tok, cfg)
+    return _setup(embedded_model_dir, batch_invariant=True)
 
 
 @pytest.fixture(scope="module")
 def invariant_greedy_out(invariant_setup):
-    _, tok, sampler = invariant_setup
-    return [tok.encode(p) for p in PROMPTS], sampler.generate(
-        [tok.encode(p) for p in PROMPTS], GREEDY
-    )
+    return _greedy_out(invariant_setup)
 
 
 def _training_logprobs(model, prompt, gen, total=64, entropy=False):
@@ -108,13 +111,7 @@ def test_greedy_equals_transformers_generate(
     fixture = "greedy_out" if numerics == "fast" else "invariant_greedy_out"
     prompts, out = request.getfixturevalue(fixture)
     for prompt, (sample,) in zip(prompts, out, strict=True):
-        with torch.no_grad():
-            ref = hf.generate(
-                torch.tensor([prompt]),
-                max_new_tokens=32,
-                do_sample=False,
-                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            )[0, len(prompt) :].numpy()
+        ref = hf_greedy(hf, prompt, 32)
         np.testing.assert_array_equal(sample.tokens, ref)
         assert sample.finish_reason == ("eos" if len(ref) < 32 else "length")
     assert sum(s.finish_reason == "length" for (s,) in out) >= 3  # 32 real decode steps
