@@ -82,7 +82,7 @@ def test_rlpt_tiny_two_steps(tmp_path):
 @pytest.mark.slow
 def test_ntp_baseline_tiny_two_steps(tmp_path):
     _train(tmp_path / "ntp", "configs/rlpt_qwen.py:tiny", "--config.method=ntp")
-    _check_run(tmp_path / "ntp", 2, ("train/ntp/nll", "train/loss", "eval/heldout_nll"))
+    _check_run(tmp_path / "ntp", 2, ("train/nll", "train/loss", "eval/heldout_nll"))
 
 
 @pytest.mark.slow

@@ -24,8 +24,12 @@ from rlpt_jax.train.batch import RLBatch, bucket_length, make_batch, pad_batch
 
 def question_prompt(policy: Policy, question: str, system_prompt: str | None) -> list[int]:
     """Prompt ids for a question: the chat template when the tokenizer has one."""
-    tok = policy.tokenizer
-    if policy.use_chat_template:
+    return prompt_ids(policy.tokenizer, policy.use_chat_template, question, system_prompt)
+
+
+def prompt_ids(tok, use_chat: bool, question: str, system_prompt: str | None) -> list[int]:
+    """Prompt ids for a question with tokenizer ``tok`` (see :func:`question_prompt`)."""
+    if use_chat:
         messages = []
         if system_prompt:
             messages.append({"role": "system", "content": system_prompt})
@@ -198,3 +202,51 @@ def evaluate_qa(
     if total_n:
         out["eval/em_avg"] = total_em / total_n
     return out
+
+
+def demonstration(
+    tok, use_chat: bool, env, question, system_prompt: str | None, weak_first: bool
+) -> tuple[list[int], list[int]] | None:
+    """A cold-start trajectory in the exact protocol, as ``(token ids, loss mask)``.
+
+    The model turns are written here (a short ``<think>``, a ``<search>`` whose query is
+    the question's quoted sentence, then ``<answer>`` with ``\\boxed{}``); every tool
+    result is the real environment's reply, tokenised on its own like in a rollout and
+    masked out of the loss. With ``weak_first`` the first query is only the sentence's
+    last three words, which often misses, and a second search follows. A search hits when
+    a page titled with the gold answer comes back; ``None`` when none did (no
+    demonstration teaches answering without evidence).
+    """
+    sentence = _quoted(question.question)
+    gold = question.golden_answers[0]
+    queries = [" ".join(sentence.split()[-3:]), sentence] if weak_first else [sentence]
+    ids = prompt_ids(tok, use_chat, question.question, system_prompt)
+    mask = [0] * len(ids)
+    think = "<think> I should look up the sentence. </think>\n"
+    calls = 0
+    for query in queries:
+        turn = f"{think}<search> {query} </search>"
+        step = env.step(turn, calls)
+        if step.outcome != "search":
+            return None
+        calls = step.tool_calls
+        model = tok.encode(turn)
+        result = tok.encode(step.append_text)
+        ids += model + result
+        mask += [1] * len(model) + [0] * len(result)
+        if f": {gold}\n" in step.append_text:  # a page titled with the answer came back
+            answer = (
+                f"<think> The page that begins this way is {gold}. </think>\n"
+                f"<answer> \\boxed{{{gold}}} </answer>"
+            )
+            model = tok.encode(answer)
+            return ids + model, mask + [1] * len(model)
+        think = "<think> That search missed; I will search the whole sentence. </think>\n"
+    return None
+
+
+def _quoted(question: str) -> str:
+    """The sentence a question quotes (the embedded QA set's), or the question itself."""
+    start, end = question.find('"'), question.rfind('"')
+    text = question[start + 1 : end] if 0 <= start < end else question
+    return " ".join(text.replace("___", " ").split())

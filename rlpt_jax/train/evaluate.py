@@ -12,18 +12,17 @@ from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.rollout.policy import Policy
 from rlpt_jax.train import methods
 from rlpt_jax.train.experiment import from_config_dict
-
-
-@dataclasses.dataclass
-class _Params:
-    params: nnx.State
+from rlpt_jax.train.loop import with_cold_start
 
 
 def evaluate_model(config, model_path: str | None = None, limit: int | None = None) -> dict:
     """The held-out metrics of ``config``'s method for the model at ``model_path``."""
     exp = from_config_dict(config)
     if model_path:
-        exp = dataclasses.replace(exp, model=dataclasses.replace(exp.model, path=model_path))
+        exp = dataclasses.replace(
+            exp, model=dataclasses.replace(exp.model, path=model_path), cold_start=None
+        )
+    exp = with_cold_start(exp)
     if limit is not None:
         exp = dataclasses.replace(exp, eval=dataclasses.replace(exp.eval, num_prompts=limit))
     mesh = parallel.make_mesh(exp.mesh)
@@ -42,4 +41,4 @@ def evaluate_model(config, model_path: str | None = None, limit: int | None = No
     )
     policy.set_params(params)
     method = methods.build_data(exp, tok, use_chat)
-    return method.evaluate(policy, _Params(params), graphdef, exp)
+    return method.evaluate(policy, params, graphdef)

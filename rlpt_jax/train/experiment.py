@@ -23,6 +23,7 @@ from rlpt_jax.checkpoint import CheckpointConfig
 from rlpt_jax.data.clean import CleanConfig
 from rlpt_jax.data.corpus import CorpusConfig
 from rlpt_jax.data.segments import SegmentConfig
+from rlpt_jax.data.sft import SFTConfig
 from rlpt_jax.data.tasks import TaskConfig
 from rlpt_jax.envs.search_env import SearchEnvConfig
 from rlpt_jax.parallel import MeshConfig
@@ -30,7 +31,7 @@ from rlpt_jax.rewards.judges import JudgeConfig
 from rlpt_jax.rollout.tree import TreeConfig
 from rlpt_jax.train.state import OptimConfig
 
-METHODS = ("rlpt", "ntp", "at2po")
+METHODS = ("rlpt", "ntp", "at2po", "sft")
 EMBEDDED = "embedded"
 
 
@@ -161,10 +162,13 @@ class EvalConfig:
 
     RLPT: next-segment accuracy (greedy, same judge) on ``num_prompts`` held-out samples and
     next-token loss on ``ntp_docs`` held-out documents (forgetting). AT²PO: greedy
-    single-chain EM on ``num_prompts`` questions of each eval dataset.
+    single-chain EM on ``num_prompts`` questions of each eval dataset. SFT: assistant-token
+    loss on held-out conversations. ``at_start``: also evaluate before the first step of a
+    fresh run, so that the summary shows before and after.
     """
 
     every: int = 50
+    at_start: bool = False
     num_prompts: int = 64
     ntp_docs: int = 16
     ntp_max_tokens: int = 256
@@ -203,6 +207,23 @@ class QAConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ColdStartConfig:
+    """The SFT stage run before this experiment (``rlpt_jax.train.loop.with_cold_start``).
+
+    It trains on the parent experiment's own data settings (model, corpus, segments,
+    tasks, QA set, environment) with ``method="sft"`` and the settings below, and the
+    parent starts from its export. ``seed`` is the cold start's own, so every seed of a
+    comparison starts from the same cold-start model.
+    """
+
+    seed: int = 0
+    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     method: str = "rlpt"
     seed: int = 0
@@ -230,6 +251,8 @@ class ExperimentConfig:
     env: SearchEnvConfig = dataclasses.field(default_factory=SearchEnvConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     qa: QAConfig = dataclasses.field(default_factory=QAConfig)
+    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    cold_start: ColdStartConfig | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -267,7 +290,9 @@ def _build(cls: type, values: Any, where: str):
     for name, value in values.items():
         sub = _dataclass_type(hints[name])
         key = f"{where}.{name}" if where else name
-        if sub is not None:
+        if value is None and _optional(hints[name]):
+            kwargs[name] = None
+        elif sub is not None:
             kwargs[name] = _build(sub, value, key)
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
@@ -279,6 +304,10 @@ def _build(cls: type, values: Any, where: str):
         if isinstance(e, ExperimentConfigError):
             raise
         raise ExperimentConfigError(f"config.{where or '<root>'}: {e}") from e
+
+
+def _optional(hint) -> bool:
+    return type(None) in typing.get_args(hint)
 
 
 def _dataclass_type(hint) -> type | None:

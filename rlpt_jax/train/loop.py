@@ -1,8 +1,10 @@
-"""The training loop: ``run(config, workdir)`` for RLPT, the NTP baseline and AT²PO.
+"""The training loop: ``run(config, workdir)`` for RLPT, the NTP baseline, AT²PO and SFT.
 
 Phases, in order:
 
 1. **Config** — the ``ConfigDict`` becomes validated dataclasses; the snapshot is saved.
+   A ``cold_start`` experiment (SFT) is run first, or taken from the cache, and its
+   export becomes the model this run starts from.
 2. **Model** — the checkpoint is loaded straight onto the training mesh; the tokenizer,
    the sampler-side policy and a frozen copy of the initial weights (for the KL-to-init
    metric) are set up.
@@ -22,6 +24,7 @@ function of ``(seed, position)``, so a resumed run repeats an uninterrupted one 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -34,9 +37,9 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from rlpt_jax import assets, parallel
 from rlpt_jax import checkpoint as ckpt_lib
 from rlpt_jax import metrics as metrics_lib
-from rlpt_jax import parallel
 from rlpt_jax.models.hf_io import export_hf, load_hf
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.rollout.policy import Policy, SampleSpec
@@ -49,26 +52,10 @@ from rlpt_jax.train.state import (
     make_optimizer,
     shard_train_state,
 )
-from rlpt_jax.train.steps import (
-    Objective,
-    StepConfig,
-    make_logprob_step,
-    make_update_step,
-    policy_objective,
-    token_weight,
-)
+from rlpt_jax.train.steps import StepConfig, make_logprob_step, make_update_step
 
-
-def ntp_objective() -> Objective:
-    """Next-token cross-entropy, mean over loss tokens (the NTP baseline)."""
-
-    def loss(logp, batch, entropy):
-        mask = batch.loss_mask
-        n = jnp.maximum(mask.sum(), 1.0)
-        nll = -(logp * mask).sum() / n
-        return nll, {"ntp/nll": nll}
-
-    return Objective(loss=loss, weight=token_weight)
+# Part of the cold-start cache key: bump when SFT data building changes what a config means.
+COLD_START_VERSION = 1
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -106,6 +93,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     main = jax.process_index() == 0
     log = print if main else (lambda *a, **k: None)
+    exp = with_cold_start(exp, log)
 
     # 2. Model -------------------------------------------------------------------------
     model_dir = exp.model.resolve()
@@ -143,14 +131,9 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     state = create_train_state(model, tx, seed=exp.seed)
     state, shardings = shard_train_state(state, tx, mesh)
     graphdef = state.graphdef
-    objective = ntp_objective() if exp.method == "ntp" else policy_objective(exp.loss)
+    objective = data.objective()
     rows_per_shard = mesh.shape["data"] * mesh.shape["fsdp"]
-    if exp.method == "ntp":
-        rows = exp.train.ntp_batch_size
-    elif exp.method == "at2po":
-        rows = exp.rollout.prompts_per_step * exp.tree.num_leaves
-    else:
-        rows = exp.rollout.prompts_per_step * exp.rollout.samples_per_prompt
+    rows = data.rows_per_step()
     per_update = -(-rows // exp.train.mini_batches)
     micro = -(-per_update // exp.train.micro_batch_size) if exp.train.micro_batch_size else 1
     row_multiple = rows_per_shard * exp.train.mini_batches * micro
@@ -160,7 +143,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     update = make_update_step(tx, objective, step_cfg, mesh=mesh, state_shardings=shardings)
     logprob = make_logprob_step(graphdef, step_cfg, mesh=mesh, param_shardings=shardings.params)
     ref_params = None
-    if exp.train.kl_to_init and exp.method != "ntp":
+    if exp.train.kl_to_init and data.samples:
         ref_params = jax.tree.map(jnp.copy, state.params)
     policy = Policy(
         graphdef,
@@ -190,6 +173,11 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         stop_strings=data.stop_strings,
     )
     last: dict[str, float] = {}
+    before: dict[str, float] = {}
+    if start == 0 and exp.eval.at_start:
+        policy.set_params(state.params)
+        before = data.evaluate(policy, state.params, graphdef)
+        writer.write(0, before)
     history: list[tuple[int, float]] = []
     bar = tqdm(
         range(start, exp.train.steps),
@@ -202,11 +190,9 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     for step in bar:
         t0 = time.time()
         seed = _step_seed(exp.seed, step)
-        policy.set_params(state.params)
-        if exp.method == "ntp":
-            batch, m = data.ntp_batch(row_multiple)
-        else:
-            batch, m = data.rollout(policy, spec, seed, row_multiple)
+        if data.samples:
+            policy.set_params(state.params)
+        batch, m = data.next_batch(policy, spec, seed, row_multiple)
         t_roll = time.time() - t0
 
         if ref_params is not None:
@@ -251,7 +237,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         eval_metrics: dict[str, float] = {}
         if (exp.eval.every and done % exp.eval.every == 0) or done == exp.train.steps:
             policy.set_params(state.params)
-            eval_metrics = data.evaluate(policy, state, graphdef, exp)
+            eval_metrics = data.evaluate(policy, state.params, graphdef)
             m.update(eval_metrics)
         writer.write(done, m)
         last = m
@@ -286,15 +272,17 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         )
         log(f"[rlpt_jax] exported Hugging Face model to {out}")
     if main and history:
-        _summary(history, last, key)
+        _summary(history, last, key, before)
     (workdir / "final_metrics.json").write_text(
         json.dumps({k: (v if math.isfinite(v) else None) for k, v in last.items()}, indent=2)
     )
     return last
 
 
-def _summary(history: list[tuple[int, float]], last: dict[str, float], key: str) -> None:
-    """A text reward curve and the final held-out metrics."""
+def _summary(
+    history: list[tuple[int, float]], last: dict[str, float], key: str, before: dict[str, float]
+) -> None:
+    """A text reward curve and the held-out metrics before (if measured) and after."""
     print(f"\n{key} by step:")
     vals = [v for _, v in history if math.isfinite(v)]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
@@ -302,7 +290,49 @@ def _summary(history: list[tuple[int, float]], last: dict[str, float], key: str)
         width = 0 if not math.isfinite(v) or hi == lo else int(round(30 * (v - lo) / (hi - lo)))
         print(f"  step {s:4d}  {v:8.4f}  {'#' * width}")
     ev = {k: v for k, v in last.items() if k.startswith("eval/")}
-    if ev:
+    if ev and before:
+        print(f"held-out evaluation: {'before':>10s} {'after':>10s}")
+        for k in sorted(ev):
+            print(f"  {k:32s} {before.get(k, float('nan')):10.4f} {ev[k]:10.4f}")
+    elif ev:
         print("held-out evaluation (last):")
         for k in sorted(ev):
             print(f"  {k:32s} {ev[k]:.4f}")
+
+
+def with_cold_start(exp: ExperimentConfig, log=print) -> ExperimentConfig:
+    """``exp`` starting from its cold-start model, which is trained on first use.
+
+    The cold start is ``exp`` itself with ``method="sft"`` and the ``cold_start`` block's
+    settings. It lives in ``<cache>/cold_start/sft-<hash>``, the hash taken over every
+    setting the SFT run reads, so re-running a command reuses it, a change of its data
+    or recipe trains a new one, and an interrupted one resumes from its checkpoints.
+    """
+    cold = exp.cold_start
+    if cold is None:
+        return exp
+    sft_exp = dataclasses.replace(
+        exp,
+        method="sft",
+        seed=cold.seed,
+        sft=cold.sft,
+        optim=cold.optim,
+        train=cold.train,
+        eval=cold.eval,
+        checkpoint=dataclasses.replace(exp.checkpoint, best_metric=None),
+        export_hf=True,
+        cold_start=None,
+    )
+    read = ("model", "corpus", "clean", "segments", "tasks", "chat_template", "qa", "env")
+    blob = {k: getattr(sft_exp, k) for k in read + ("seed", "sft", "optim", "train", "search")}
+    blob = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in blob.items()}
+    key = json.dumps([COLD_START_VERSION, blob], sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    workdir = assets.cache_dir() / "cold_start" / f"sft-{digest}"
+    if not (workdir / "final_metrics.json").is_file():
+        log(f"[rlpt_jax] cold start: SFT for {cold.train.steps} steps in {workdir}")
+        run(sft_exp, workdir)
+    else:
+        log(f"[rlpt_jax] cold start: reusing {workdir}")
+    model = dataclasses.replace(exp.model, path=str(workdir / "hf_export"), tokenizer_path=None)
+    return dataclasses.replace(exp, model=model, cold_start=None)

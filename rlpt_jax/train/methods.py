@@ -1,26 +1,51 @@
-"""What differs between RLPT, the NTP baseline and AT²PO, behind one small interface.
+"""What differs between the methods, behind one small interface (:class:`Method`).
 
 The loop asks a method for: its data position (``stream``), the stop strings of its
-rollouts, a training batch per step (``rollout`` or ``ntp_batch``) and its held-out
-evaluation. RLPT and NTP share data and evaluation, so "RLPT vs NTP on the same text" is
-the same command with ``--config.method=ntp``.
+rollouts, the rows of one step's batch, its objective, a training batch per step
+(``next_batch``) and its held-out evaluation. RLPT and NTP share data and evaluation,
+so "RLPT vs NTP on the same text" is the same command with ``--config.method=ntp``;
+SFT (the cold start) trains on demonstrations of either method's format or on a chat
+jsonl file.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from flax import nnx
 
 from rlpt_jax.data import pipeline
+from rlpt_jax.data import sft as sft_data
 from rlpt_jax.data.tasks import END_TAG
 from rlpt_jax.models import lm_eval
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.rollout.policy import Policy, SampleSpec
 from rlpt_jax.train.batch import RLBatch, make_batch, pad_batch
 from rlpt_jax.train.experiment import ExperimentConfig
+from rlpt_jax.train.steps import Objective, nll_objective, policy_objective
+
+
+class Method(Protocol):
+    """One training method as the loop sees it."""
+
+    counts: dict[str, int]  # data statistics printed at start-up
+    stream: pipeline.IndexStream  # data position, saved in checkpoints
+    stop_strings: tuple[str, ...]
+    samples: bool  # whether batches come from the policy's own samples
+
+    def rows_per_step(self) -> int: ...
+
+    def objective(self) -> Objective: ...
+
+    def next_batch(
+        self, policy: Policy, spec: SampleSpec, seed: int, row_multiple: int
+    ) -> tuple[RLBatch, dict[str, float]]: ...
+
+    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> dict[str, float]: ...
 
 
 class RLPTMethod:
@@ -42,12 +67,26 @@ class RLPTMethod:
         n = len(self.data.train_docs) if self.ntp else len(self.data.train_tasks)
         self.stream = pipeline.IndexStream(n, exp.seed)
         self.stop_strings = (END_TAG,)
+        self.samples = not self.ntp
         generate, judge_renderer = None, None
         if exp.judge.kind == "generative":
             generate, judge_renderer = _generative_judge_backend(exp)
         self.judge = make_judge(exp.judge, generate=generate, renderer=judge_renderer)
 
     # -- training batches -----------------------------------------------------------
+    def rows_per_step(self) -> int:
+        if self.ntp:
+            return self.exp.train.ntp_batch_size
+        return self.exp.rollout.prompts_per_step * self.exp.rollout.samples_per_prompt
+
+    def objective(self) -> Objective:
+        return nll_objective() if self.ntp else policy_objective(self.exp.loss)
+
+    def next_batch(self, policy: Policy, spec: SampleSpec, seed: int, row_multiple: int):
+        if self.ntp:
+            return self.ntp_batch(row_multiple)
+        return self.rollout(policy, spec, seed, row_multiple)
+
     def rollout(self, policy: Policy, spec: SampleSpec, seed: int, row_multiple: int):
         from rlpt_jax.rollout.rlpt import rlpt_rollout
 
@@ -99,11 +138,12 @@ class RLPTMethod:
         return batch, {"ntp/docs": float(docs), "ntp/tokens": float(mask.sum())}
 
     # -- evaluation -----------------------------------------------------------------
-    def evaluate(self, policy: Policy, state, graphdef, exp: ExperimentConfig) -> dict:
+    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> dict:
         """Held-out next-segment accuracy (greedy, same judge) and next-token loss."""
         from rlpt_jax.data.tasks import extract_prediction
         from rlpt_jax.rollout.rlpt import encode_prompts
 
+        exp = self.exp
         m: dict[str, float] = {}
         tasks = self.data.heldout_tasks[: exp.eval.num_prompts]
         if tasks:
@@ -116,16 +156,17 @@ class RLPTMethod:
             comps = [g[0] for g in policy.sample(prompts, n=1, spec=spec, seed=0)]
             preds = [extract_prediction(policy.tokenizer.decode(c.tokens)) for c in comps]
             res = self.judge.score([(p, t.reference_segments) for p, t in zip(preds, tasks)])
-            r = np.asarray([x.reward for x in res])
+            r = np.asarray([x.verdict for x in res], np.float64)
             kinds = np.asarray([t.kind for t in tasks])
             m["eval/next_segment_acc"] = float(r.mean())
+            m["eval/next_segment_reward"] = float(np.mean([x.reward for x in res]))
             for kind in ("asr", "msr"):
                 if (kinds == kind).any():
                     m[f"eval/next_segment_acc_{kind}"] = float(r[kinds == kind].mean())
             m["eval/no_prediction_frac"] = float(np.mean([p is None for p in preds]))
         docs = self.data.heldout_docs[: exp.eval.ntp_docs]
         if docs:
-            model = nnx.merge(graphdef, state.params)
+            model = nnx.merge(graphdef, params)
             ids = [self.tokenizer.encode(d.text)[: exp.eval.ntp_max_tokens] for d in docs]
             ids = [x for x in ids if len(x) >= 2]
             nll = lm_eval.nll_per_token(model, ids, self.tokenizer.pad_id)
@@ -170,10 +211,17 @@ class AT2POMethod:
         self.env = SearchEnv(make_search_backend(exp), exp.env)
         self.stream = pipeline.IndexStream(len(self.train_questions), exp.seed)
         self.stop_strings = ("</search>", "</answer>")
+        self.samples = True
         self.counts = {"train_questions": len(self.train_questions)}
         self.counts.update({f"eval_{k}": len(v) for k, v in self.eval_sets.items()})
 
-    def rollout(self, policy: Policy, spec: SampleSpec, seed: int, row_multiple: int):
+    def rows_per_step(self) -> int:
+        return self.exp.rollout.prompts_per_step * self.exp.tree.num_leaves
+
+    def objective(self) -> Objective:
+        return policy_objective(self.exp.loss)
+
+    def next_batch(self, policy: Policy, spec: SampleSpec, seed: int, row_multiple: int):
         from rlpt_jax.rollout.at2po import at2po_rollout
 
         idx = self.stream.take(self.exp.rollout.prompts_per_step)
@@ -192,12 +240,10 @@ class AT2POMethod:
         )
         return out.batch, out.metrics
 
-    def ntp_batch(self, row_multiple: int):
-        raise ValueError("method 'at2po' has no NTP batches")
-
-    def evaluate(self, policy: Policy, state, graphdef, exp: ExperimentConfig) -> dict:
+    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> dict:
         from rlpt_jax.rollout.at2po import evaluate_qa
 
+        exp = self.exp
         return evaluate_qa(
             policy,
             self.env,
@@ -239,7 +285,160 @@ def make_search_backend(exp: ExperimentConfig):
     return search.BM25Search(cache_dir=exp.search.index_dir)
 
 
-def build_data(exp: ExperimentConfig, tokenizer: Tokenizer, use_chat: bool):
+class SFTMethod:
+    """Supervised fine-tuning (the cold start): next-token loss on assistant tokens only.
+
+    ``sft.data`` picks the conversations: demonstrations of the RLPT tasks (train split of
+    ``config.corpus``; held out: demonstrations of the held-out documents' tasks), of the
+    AT²PO tool protocol, or a chat jsonl file (held out: a seeded ``sft.heldout`` lines).
+    Examples are packed into ``[sft.batch_rows, sft.seq_len]`` rows, never split.
+    """
+
+    samples = False
+    stop_strings: tuple[str, ...] = ()
+
+    def __init__(self, exp: ExperimentConfig, tokenizer: Tokenizer, use_chat: bool):
+        self.exp = exp
+        self.cfg = exp.sft
+        self.tokenizer = tokenizer
+        self.render = tokenizer.render_chat if use_chat else _plain_render
+        if self.cfg.data == "at2po":
+            train, heldout, self.counts = self._at2po_examples(use_chat)
+        else:
+            convs_train, convs_heldout, self.counts = self._conversations(use_chat)
+            train, heldout = self._encode(convs_train), self._encode(convs_heldout)
+        self.train, cut_train = sft_data.fits(train, self.cfg.seq_len)
+        self.heldout, cut_heldout = sft_data.fits(heldout, self.cfg.seq_len)
+        if not self.train:
+            raise ValueError(f"no SFT example fits sft.seq_len={self.cfg.seq_len}; raise it")
+        self.counts.update(
+            sft_train_examples=len(self.train),
+            sft_heldout_examples=len(self.heldout),
+            sft_too_long=cut_train + cut_heldout,
+        )
+        self.stream = pipeline.IndexStream(len(self.train), exp.seed)
+
+    def _conversations(self, use_chat: bool):
+        data = self.cfg.data
+        if data == "rlpt":
+            d = pipeline.build_rlpt_data(
+                self.exp.corpus,
+                self.exp.clean,
+                self.exp.segments,
+                self.exp.tasks,
+                self.tokenizer.encode,
+                self.tokenizer.render_chat if use_chat else None,
+            )
+            train = sft_data.rlpt_demonstrations(_cap(d.train_tasks, self.cfg.max_examples))
+            heldout = sft_data.rlpt_demonstrations(d.heldout_tasks[: self.cfg.heldout])
+            return train, heldout, dict(d.counts)
+        convs, report = sft_data.load_chat_jsonl(data)
+        order = np.random.default_rng([self.exp.seed, 17]).permutation(len(convs))
+        n_held = min(self.cfg.heldout, len(convs) // 2)
+        heldout = [convs[i] for i in order[:n_held]]
+        train = _cap([convs[i] for i in sorted(order[n_held:])], self.cfg.max_examples)
+        if report.skipped:
+            print(f"[rlpt_jax] {data}: skipped {report.skipped} lines, e.g. {report.examples}")
+        return train, heldout, {"sft_lines_read": report.read, "sft_lines_skipped": report.skipped}
+
+    def _at2po_examples(self, use_chat: bool):
+        """Tool-protocol trajectories on the train questions (held out: the first eval set)."""
+        from rlpt_jax.envs.search_env import SearchEnv
+        from rlpt_jax.rollout.at2po import demonstration
+
+        exp = self.exp
+        env = SearchEnv(make_search_backend(exp), exp.env)
+        splits = {
+            "train": _cap(list(load_questions(exp.qa.train, "train")), self.cfg.max_examples),
+            "heldout": list(load_questions(exp.qa.eval[0], "dev"))[: self.cfg.heldout],
+        }
+        out, counts = {}, {}
+        for split, questions in splits.items():
+            examples = []
+            for q in questions:
+                # A quarter of the demonstrations search twice, the first query weak.
+                weak = int(hashlib.sha256(q.id.encode()).hexdigest(), 16) % 4 == 0
+                demo = demonstration(
+                    self.tokenizer, use_chat, env, q, exp.qa.system_prompt, weak_first=weak
+                )
+                if demo is not None:
+                    examples.append(sft_data.Example(tuple(demo[0]), tuple(demo[1])))
+            out[split] = examples
+            counts[f"sft_{split}_questions"] = len(questions)
+            counts[f"sft_{split}_no_evidence"] = len(questions) - len(examples)
+        counts["sft_two_search_demos"] = sum(
+            sum(1 for a, b in zip(e.mask, e.mask[1:]) if a == 0 and b == 1) == 2
+            for e in out["train"]
+        )
+        return out["train"], out["heldout"], counts
+
+    def _encode(self, conversations) -> list[sft_data.Example]:
+        eos = self.tokenizer.eos_ids[0]
+        return [
+            sft_data.encode_conversation(c, self.render, self.tokenizer.encode, eos)
+            for c in conversations
+        ]
+
+    def rows_per_step(self) -> int:
+        return self.cfg.batch_rows
+
+    def objective(self) -> Objective:
+        return nll_objective()
+
+    def next_batch(self, policy: Policy, spec: SampleSpec, seed: int, row_multiple: int):
+        """The next training examples that fill ``sft.batch_rows`` packed rows."""
+        picked: list[sft_data.Example] = []
+        rows, fill = 1, 0
+        while True:
+            (i,) = self.stream.take(1)
+            n = len(self.train[i].tokens)
+            if fill + n > self.cfg.seq_len:
+                if rows == self.cfg.batch_rows:
+                    self.stream.position -= 1  # this example opens the next step's batch
+                    break
+                rows, fill = rows + 1, 0
+            picked.append(self.train[i])
+            fill += n
+        batch = _packed_batch(picked, self.cfg.seq_len, self.tokenizer.pad_id, row_multiple)
+        return batch, {
+            "sft/examples": float(len(picked)),
+            "sft/loss_tokens": float(np.asarray(batch.loss_mask).sum()),
+        }
+
+    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> dict:
+        """Mean next-token loss on the assistant tokens of held-out conversations."""
+        if not self.heldout:
+            return {}
+        model = nnx.merge(graphdef, params)
+        total, count = 0.0, 0
+        for ex in self.heldout:
+            nll = lm_eval.nll_per_token(model, [list(ex.tokens)], self.tokenizer.pad_id)[0]
+            mask = np.asarray(ex.mask[1:], bool)  # nll[t] scores token t + 1
+            total += float(nll[mask].sum())
+            count += int(mask.sum())
+        return {"eval/assistant_nll": total / max(count, 1)}
+
+
+def _plain_render(messages, add_generation_prompt: bool = True) -> str:
+    """The "chat template" of a model without one: the turns' texts back to back."""
+    return "".join(m["content"] for m in messages)
+
+
+def _cap(items: list, n: int) -> list:
+    return items[:n] if n else items
+
+
+def _packed_batch(examples, seq_len: int, pad_id: int, row_multiple: int) -> RLBatch:
+    tokens, seg, mask = sft_data.pack_examples(examples, seq_len, pad_id)
+    zeros = np.zeros(tokens.shape, np.float32)
+    batch = make_batch(tokens, mask, zeros, zeros, segment_ids=seg)
+    rows = -(-tokens.shape[0] // row_multiple) * row_multiple
+    return pad_batch(batch, length=seq_len, rows=rows, pad_id=pad_id)
+
+
+def build_data(exp: ExperimentConfig, tokenizer: Tokenizer, use_chat: bool) -> Method:
     if exp.method == "at2po":
         return AT2POMethod(exp, tokenizer, use_chat)
+    if exp.method == "sft":
+        return SFTMethod(exp, tokenizer, use_chat)
     return RLPTMethod(exp, tokenizer, use_chat)

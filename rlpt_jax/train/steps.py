@@ -272,6 +272,17 @@ AGG_WEIGHTS: dict[str, Callable[[RLBatch], Array]] = {
 }
 
 
+def nll_objective() -> Objective:
+    """Next-token cross-entropy, mean over loss tokens (NTP and SFT)."""
+
+    def loss(logp: Array, batch: RLBatch, entropy: Array | None):
+        n = jnp.maximum(batch.loss_mask.sum(), 1.0)
+        nll = -(logp * batch.loss_mask).sum() / n
+        return nll, {"nll": nll}
+
+    return Objective(loss=loss, weight=token_weight)
+
+
 def policy_objective(cfg) -> Objective:
     """The clipped policy loss of ``rlpt_jax.algos.losses`` for a ``LossConfig``."""
     from rlpt_jax.algos import losses
