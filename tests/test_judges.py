@@ -177,6 +177,22 @@ def test_lexical_threshold_boundary():
     assert high.score(item)[0].reward == 0.0
 
 
+def test_lexical_graded_rewards_the_f1_and_keeps_the_verdict():
+    judge = make_judge(JudgeConfig(lexical=LexicalConfig(graded=True)))
+    results = judge.score(
+        [
+            ("The cat sat on a mat.", REFS),  # F1 5/6, above the threshold
+            ("the cat ran to the house", REFS),  # F1 0.5, below it
+            ("Then it slept all", REFS),  # F1 0
+            ("The cat", REFS),  # matches, but 2 tokens < min(3, 6): 0
+            (None, REFS),  # no prediction: the missing-prediction reward
+        ]
+    )
+    assert [r.reward for r in results] == pytest.approx([5 / 6, 0.5, 0.0, 0.0, 0.0])
+    assert [r.verdict for r in results] == [1, 0, 0, 0, 0]
+    assert judge.counters.positive == 1
+
+
 def test_lexical_strict_mode():
     judge = make_judge(JudgeConfig(mode="strict"))
     results = judge.score(

@@ -91,10 +91,15 @@ class LexicalConfig:
         earns reward 1 (default 0.6: most content words must match).
       min_tokens: A prediction needs at least ``min(min_tokens, len(s_i tokens))``
         tokens (default 3), so that "The" is not rewarded as a prefix.
+      graded: Reward the token F1 itself (0 below ``min_tokens``) instead of the 0/1
+        verdict (default False). A small model rarely reaches the threshold, so its
+        rewards are all 0 and GRPO has no signal; F1 varies within every group. This
+        is the CPU stand-in for the paper's binary semantic judge, not a replacement.
     """
 
     threshold: float = 0.6
     min_tokens: int = 3
+    graded: bool = False
 
     def __post_init__(self):
         if not 0.0 < self.threshold <= 1.0:
@@ -220,11 +225,13 @@ def _unknown_kind(kind: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class JudgeResult:
     """Reward of one item; ``parsed`` is False when no verdict was read; ``raw`` is the
-    judge's output (or the error / response body when there was none)."""
+    judge's output (or the error / response body when there was none); ``verdict`` is
+    the 0/1 verdict (0 when there was none), which is the reward unless the judge grades."""
 
     reward: float
     parsed: bool
     raw: str
+    verdict: int = 0
 
 
 @dataclasses.dataclass
@@ -251,12 +258,15 @@ class Reply:
 
     ``content`` is the text to parse (``None`` when the response had no usable text);
     ``raw`` is what to show for it; ``failed`` marks a request that never succeeded.
+    ``graded``: a reward in [0, 1] that replaces the parsed 0/1 verdict as the reward,
+    from judges that grade (the lexical judge with ``graded=True``).
     """
 
     raw: str
     content: str | None
     failed: bool = False
     retries: int = 0
+    graded: float | None = None
 
 
 _SCORE = re.compile(r"\bscore\s*\**\s*:\s*\**\s*([01])(?![\d.])", re.IGNORECASE)
@@ -336,7 +346,8 @@ class Judge(abc.ABC):
             return JudgeResult(self.config.unparseable_reward, parsed=False, raw=reply.raw)
         counters.parsed += 1
         counters.positive += verdict
-        return JudgeResult(float(verdict), parsed=True, raw=reply.raw)
+        reward = float(verdict) if reply.graded is None else reply.graded
+        return JudgeResult(reward, parsed=True, raw=reply.raw, verdict=verdict)
 
     @abc.abstractmethod
     def _judge(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
@@ -517,7 +528,9 @@ class LexicalJudge(Judge):
         long_enough = len(tokens) >= min(rule.min_tokens, max(len(target), 1))
         verdict = int(long_enough and f1 >= rule.threshold)
         raw = f"f1={f1:.3f} Score: {verdict}"
-        return Reply(raw=raw, content=raw)
+        return Reply(
+            raw=raw, content=raw, graded=(f1 if long_enough else 0.0) if rule.graded else None
+        )
 
 
 def _generative(config: JudgeConfig, generate, renderer) -> Judge:
