@@ -149,7 +149,8 @@ def write_spec(out: Path, arms: Sequence[Arm], seeds: Sequence[int], metrics) ->
         "metrics": list(metrics) if metrics else None,
         "arms": [dataclasses.asdict(a) | {"overrides": list(a.overrides)} for a in arms],
     }
-    path = out / SPEC_NAME
+    path = Path(out) / SPEC_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec, indent=2) + "\n")
     return path
 
@@ -716,15 +717,19 @@ def write_report(summary: dict[str, Any], out: Path, band: str = "minmax") -> li
 
 
 def load_summary(folder: str | os.PathLike) -> dict[str, Any]:
-    """A comparison folder's ``summary.json`` (written by ``launch/compare.py``)."""
-    path = Path(folder) / SUMMARY_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no {SUMMARY_NAME} in {folder}; write it with "
-            f"`python launch/compare.py --spec={Path(folder) / SPEC_NAME} --out={folder} "
-            "--report_only`"
-        )
-    return json.loads(path.read_text())
+    """A comparison folder's ``summary.json``, or, if there is none, the summary of the
+    finished runs in its ``runs/`` per its ``spec.json`` (nothing is trained)."""
+    folder = Path(folder)
+    if (folder / SUMMARY_NAME).is_file():
+        return json.loads((folder / SUMMARY_NAME).read_text())
+    if (folder / SPEC_NAME).is_file() and (folder / "runs").is_dir():
+        spec = load_spec(folder / SPEC_NAME)
+        summary = summarize(spec["arms"], spec["seeds"], folder / "runs", spec["metrics"])
+        return summary | {"title": folder.name}
+    raise FileNotFoundError(
+        f"{folder} has no {SUMMARY_NAME} (nor {SPEC_NAME} and runs/); make one with "
+        f"`python launch/compare.py --out={folder} --arm=... --seeds=...`"
+    )
 
 
 # ----------------------------------------------------------------------------- entry
