@@ -307,3 +307,27 @@ def test_compare_end_to_end_and_resume(tmp_path, tiny_model):
     assert _snapshot(out / "runs") == before
     again = json.loads((out / C.SUMMARY_NAME).read_text())
     assert again["arms"] == summary["arms"]
+
+
+@pytest.mark.slow
+def test_notebook_draws_committed_comparisons(fake_runs, tmp_path, monkeypatch):
+    """colabs/learning_curves.ipynb on a folder with one comparison's summary.json and one
+    with only spec.json and runs/ (no training either way)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    results = tmp_path / "results"
+    C.write_report(C.summarize([ARM_A, ARM_B], [0, 1], fake_runs), results / "with_summary")
+    C.write_spec(results / "runs_only", [ARM_A, ARM_B], [0, 1], None)
+    (results / "runs_only" / "runs").symlink_to(fake_runs)
+    monkeypatch.setenv("RLPT_RESULTS", str(results))
+    monkeypatch.setenv("XLA_FLAGS", "")
+    nb = nbformat.read(ROOT / "colabs" / "learning_curves.ipynb", as_version=4)
+    NotebookClient(
+        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    tables = "".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
+    assert tables.count("| a | 2 | 0.6250 ± 0.1768 |") == 2, tables
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
