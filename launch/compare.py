@@ -78,7 +78,20 @@ def main(argv):
         comparison.check_comparison(arms, seeds)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from e
-    summary, failed = comparison.compare(
+    try:
+        summary, failed = _compare(arms, seeds, metrics)
+    except (RuntimeError, FileNotFoundError, KeyError) as e:  # no run finished, bad metric
+        sys.exit(f"error: {e.args[0] if e.args else e}")
+    out = os.path.join(_OUT.value, comparison.RESULTS_NAME)
+    print(f"wrote {out} ({len(summary['arms'])} arms × {len(seeds)} seeds)")
+    if failed:
+        sys.exit(f"{len(failed)} run(s) failed, see their train.log: {', '.join(failed)}")
+
+
+def _compare(arms, seeds, metrics):
+    from rlpt_jax import comparison
+
+    return comparison.compare(
         arms,
         seeds,
         _OUT.value,
@@ -90,10 +103,6 @@ def main(argv):
         title=_TITLE.value,
         command=shlex.join(["python", "launch/compare.py", *sys.argv[1:]]),
     )
-    out = os.path.join(_OUT.value, comparison.RESULTS_NAME)
-    print(f"wrote {out} ({len(summary['arms'])} arms × {len(seeds)} seeds)")
-    if failed:
-        sys.exit(f"{len(failed)} run(s) failed, see their train.log: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ every arm once per seed (the override ``seed=<s>``), each run in
 ``launch/train.py`` in a subprocess, so one crashed run does not stop the others. Then it
 writes, in ``<out>``:
 
-* ``results.md``: per metric, the final value (the last logged one) as mean ± std over
+* ``results.md``: per metric, the final value (the last finite logged one) as mean ± std over
   seeds (sample std, ddof=1) and a 95% percentile-bootstrap CI of the mean; the arms; the
   runs with their wall time and exact ``launch/train.py`` commands; the git commit and
   the machine (CPU model, AVX-512 / AMX, GPUs) the runs were trained on.
@@ -55,7 +55,9 @@ held-out split depends on the data seeds, not on ``seed``, so seeds share their
 examples); non-finite values are written as ``null`` and excluded (counted). A step
 written twice (a resumed run) keeps its last line. The CI is used when every seed of an
 arm has values for the step of the final value; the statistic is the unweighted mean
-over seeds and examples, with examples resampled jointly across seeds (paired).
+over seeds and examples, with examples resampled jointly across seeds (paired; seeds with
+different example counts are pooled instead). For a metric averaged over tokens (e.g.
+``eval/heldout_nll``) write per-example means: the CI is then of the per-example mean.
 """
 
 from __future__ import annotations
@@ -376,7 +378,7 @@ def final_point(run: dict[str, Any], metric: str) -> tuple[int, float] | None:
 
 
 def default_metrics(runs: Sequence[dict[str, Any]]) -> list[str]:
-    """The ``eval/*`` keys of any run's final metrics, then ``reward/mean`` if logged."""
+    """The ``eval/*`` keys of any run's final metrics, then ``reward/mean`` if among them."""
     keys = {k for r in runs for k in r["final"]}
     return sorted(k for k in keys if k.startswith("eval/")) + (
         ["reward/mean"] if "reward/mean" in keys else []
@@ -758,6 +760,8 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     write_spec(out, arms, seeds, metrics)
     failed = train_all(arms, seeds, runs_dir) if train else []
+    if failed and len(failed) == len(arms) * len(seeds):
+        raise RuntimeError(f"every run failed; see the train.log in {', '.join(failed)}")
     summary = summarize(arms, seeds, runs_dir, metrics, resamples)
     summary["title"] = title or out.name
     summary["reproduce"] = _reproduce(out, runs_dir)

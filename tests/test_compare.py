@@ -331,3 +331,21 @@ def test_notebook_draws_committed_comparisons(fake_runs, tmp_path, monkeypatch):
     tables = "".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
     assert tables.count("| a | 2 | 0.6250 ± 0.1768 |") == 2, tables
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+
+
+@pytest.mark.slow
+def test_failed_runs_are_recorded_and_the_command_fails(tmp_path):
+    out = tmp_path / "bad"
+    env = dict(os.environ, XLA_FLAGS="")
+    cmd = [
+        sys.executable,
+        "launch/compare.py",
+        f"--out={out}",
+        "--arm=bad=configs/rlpt_qwen.py:tiny method=bogus",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "every run failed" in proc.stderr and "bad/seed0" in proc.stderr
+    rec = C.read_record(out / "runs" / "bad" / "seed0")
+    assert rec["attempts"][0]["returncode"] != 0
+    assert "bogus" in (out / "runs" / "bad" / "seed0" / "train.log").read_text()
