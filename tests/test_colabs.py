@@ -10,8 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "colabs").glob("*.ipynb"))
 
 
-def test_there_are_three_notebooks():
-    assert {p.stem for p in NOTEBOOKS} == {"quickstart", "tree_explorer", "judge_debugging"}
+def test_there_are_four_notebooks():
+    assert {p.stem for p in NOTEBOOKS} == {
+        "quickstart",
+        "tree_explorer",
+        "judge_debugging",
+        "learning_curves",
+    }
 
 
 @pytest.mark.slow

@@ -1,5 +1,8 @@
 """The embedded SmolLM2: conversion from GGUF and logits against transformers."""
 
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -74,3 +77,20 @@ def test_second_call_reuses_cache(embedded_model_dir):
     again = embedded.smollm2_dir(verbose=False)
     assert again == embedded_model_dir
     assert (again / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_conversion_imports_neither_torch_nor_transformers(embedded_model_dir, tmp_path):
+    """The conversion is ``gguf`` + ``tokenizers`` + ``safetensors`` only, and deterministic."""
+    out = tmp_path / "converted"
+    code = (
+        "import sys\n"
+        "from rlpt_jax import assets\n"
+        "from rlpt_jax.models import embedded\n"
+        f"embedded.convert(assets.smollm2_gguf_path(), {str(out)!r})\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "[]"
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        assert (out / name).read_bytes() == (embedded_model_dir / name).read_bytes(), name

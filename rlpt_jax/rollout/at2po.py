@@ -139,6 +139,10 @@ def at2po_rollout(
         "reward/f1": float(np.mean([d["f1"] for d in details])),
         "reward/format_ok": float(np.mean([d["format_ok"] for d in details])),
         "rollout/leaves": float(len(all_r)),
+        # trees whose leaves all scored the same: no signal from their outcomes
+        "rollout/zero_std_frac": float(
+            np.mean([np.std(list(lr.values())) == 0 for lr in leaf_rewards])
+        ),
         "rollout/turns_per_leaf": float(
             np.mean([len(tr.path(leaf)) - 1 for tr in trees for leaf in tr.leaves()])
         ),
@@ -163,9 +167,12 @@ def evaluate_qa(
     format_penalty: float,
     max_new_tokens: int,
     stop_strings: Sequence[str],
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Greedy single-chain EM / F1 per dataset and the size-weighted average (the paper's
-    validation protocol: no tree, temperature 0)."""
+    validation protocol: no tree, temperature 0).
+
+    Returns the metrics and, under the same names, their per-question values.
+    """
     chain = dataclasses.replace(
         tree_cfg,
         num_chains=1,
@@ -178,6 +185,7 @@ def evaluate_qa(
         temperature=0.0, max_new_tokens=max_new_tokens, stop_strings=tuple(stop_strings)
     )
     out: dict[str, float] = {}
+    per_example: dict[str, list[float]] = {}
     total_n, total_em = 0, 0.0
     for name, questions in datasets.items():
         if not questions:
@@ -194,14 +202,14 @@ def evaluate_qa(
             ems.append(details[0]["em"])
             f1s.append(details[0]["f1"])
             fmt.append(float(details[0]["format_ok"]))
-        out[f"eval/em_{name}"] = float(np.mean(ems))
-        out[f"eval/f1_{name}"] = float(np.mean(f1s))
-        out[f"eval/format_ok_{name}"] = float(np.mean(fmt))
+        for key, values in (("em", ems), ("f1", f1s), ("format_ok", fmt)):
+            out[f"eval/{key}_{name}"] = float(np.mean(values))
+            per_example[f"eval/{key}_{name}"] = [float(v) for v in values]
         total_n += len(ems)
         total_em += float(np.sum(ems))
     if total_n:
         out["eval/em_avg"] = total_em / total_n
-    return out
+    return out, per_example
 
 
 def demonstration(

@@ -118,6 +118,8 @@ def rlpt_rollout(
         "rollout/finish_stop_frac": finish.count("stop") / len(finish),
         "rollout/finish_length_frac": finish.count("length") / len(finish),
         "rollout/groups_all_equal": float(np.sum(rewards.std(axis=1) == 0)),
+        # groups whose rewards are all equal have zero advantages: no learning signal
+        "rollout/zero_std_frac": float(np.mean(rewards.std(axis=1) == 0)),
     }
     for kind in ("asr", "msr"):
         sel = kinds == kind

@@ -41,4 +41,4 @@ def evaluate_model(config, model_path: str | None = None, limit: int | None = No
     )
     policy.set_params(params)
     method = methods.build_data(exp, tok, use_chat)
-    return method.evaluate(policy, params, graphdef)
+    return method.evaluate(policy, params, graphdef).metrics

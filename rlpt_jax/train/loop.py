@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from rlpt_jax import assets, parallel
+from rlpt_jax import assets, comparison, parallel
 from rlpt_jax import checkpoint as ckpt_lib
 from rlpt_jax import metrics as metrics_lib
 from rlpt_jax.models.hf_io import export_hf, load_hf
@@ -176,7 +176,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     before: dict[str, float] = {}
     if start == 0 and exp.eval.at_start:
         policy.set_params(state.params)
-        before = data.evaluate(policy, state.params, graphdef)
+        before = _evaluate(data, policy, state.params, graphdef, workdir, 0, main)
         writer.write(0, before)
     history: list[tuple[int, float]] = []
     bar = tqdm(
@@ -237,7 +237,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         eval_metrics: dict[str, float] = {}
         if (exp.eval.every and done % exp.eval.every == 0) or done == exp.train.steps:
             policy.set_params(state.params)
-            eval_metrics = data.evaluate(policy, state.params, graphdef)
+            eval_metrics = _evaluate(data, policy, state.params, graphdef, workdir, done, main)
             m.update(eval_metrics)
         writer.write(done, m)
         last = m
@@ -277,6 +277,15 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         json.dumps({k: (v if math.isfinite(v) else None) for k, v in last.items()}, indent=2)
     )
     return last
+
+
+def _evaluate(data, policy, params, graphdef, workdir: Path, step: int, main: bool) -> dict:
+    """Held-out metrics; their per-example values go to ``eval_examples.jsonl``."""
+    ev = data.evaluate(policy, params, graphdef)
+    if main:
+        for name, values in ev.per_example.items():
+            comparison.write_eval_examples(workdir, step, name, values)
+    return ev.metrics
 
 
 def _summary(
@@ -319,7 +328,10 @@ def with_cold_start(exp: ExperimentConfig, log=print) -> ExperimentConfig:
         optim=cold.optim,
         train=cold.train,
         eval=cold.eval,
-        checkpoint=dataclasses.replace(exp.checkpoint, best_metric=None),
+        # One checkpoint, at the end: the export is what the parent needs.
+        checkpoint=dataclasses.replace(
+            exp.checkpoint, best_metric=None, save_every=cold.train.steps
+        ),
         export_hf=True,
         cold_start=None,
     )

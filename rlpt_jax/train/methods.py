@@ -10,6 +10,7 @@ jsonl file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,15 @@ from rlpt_jax.train.experiment import ExperimentConfig
 from rlpt_jax.train.steps import Objective, nll_objective, policy_objective
 
 
+@dataclasses.dataclass
+class Evaluation:
+    """Held-out metrics, and per-example values under the same names (for confidence
+    intervals over examples; ``rlpt_jax.comparison``)."""
+
+    metrics: dict[str, float]
+    per_example: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+
 class Method(Protocol):
     """One training method as the loop sees it."""
 
@@ -45,7 +55,7 @@ class Method(Protocol):
         self, policy: Policy, spec: SampleSpec, seed: int, row_multiple: int
     ) -> tuple[RLBatch, dict[str, float]]: ...
 
-    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> dict[str, float]: ...
+    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> Evaluation: ...
 
 
 class RLPTMethod:
@@ -138,13 +148,14 @@ class RLPTMethod:
         return batch, {"ntp/docs": float(docs), "ntp/tokens": float(mask.sum())}
 
     # -- evaluation -----------------------------------------------------------------
-    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> dict:
+    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> Evaluation:
         """Held-out next-segment accuracy (greedy, same judge) and next-token loss."""
         from rlpt_jax.data.tasks import extract_prediction
         from rlpt_jax.rollout.rlpt import encode_prompts
 
         exp = self.exp
         m: dict[str, float] = {}
+        per: dict[str, list[float]] = {}
         tasks = self.data.heldout_tasks[: exp.eval.num_prompts]
         if tasks:
             spec = SampleSpec(
@@ -158,6 +169,9 @@ class RLPTMethod:
             res = self.judge.score([(p, t.reference_segments) for p, t in zip(preds, tasks)])
             r = np.asarray([x.verdict for x in res], np.float64)
             kinds = np.asarray([t.kind for t in tasks])
+            per["eval/next_segment_acc"] = r.tolist()
+            per["eval/next_segment_reward"] = [float(x.reward) for x in res]
+            per["eval/no_prediction_frac"] = [float(p is None) for p in preds]
             m["eval/next_segment_acc"] = float(r.mean())
             m["eval/next_segment_reward"] = float(np.mean([x.reward for x in res]))
             for kind in ("asr", "msr"):
@@ -171,7 +185,8 @@ class RLPTMethod:
             ids = [x for x in ids if len(x) >= 2]
             nll = lm_eval.nll_per_token(model, ids, self.tokenizer.pad_id)
             m["eval/heldout_nll"] = float(np.concatenate(nll).mean())
-        return m
+            per["eval/heldout_nll"] = [float(x.mean()) for x in nll]  # per document
+        return Evaluation(m, per)
 
 
 def _generative_judge_backend(exp: ExperimentConfig):
@@ -240,19 +255,21 @@ class AT2POMethod:
         )
         return out.batch, out.metrics
 
-    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> dict:
+    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> Evaluation:
         from rlpt_jax.rollout.at2po import evaluate_qa
 
         exp = self.exp
-        return evaluate_qa(
-            policy,
-            self.env,
-            {k: v[: exp.eval.num_prompts] for k, v in self.eval_sets.items()},
-            exp.tree,
-            exp.qa.system_prompt,
-            exp.qa.format_penalty,
-            exp.eval.max_new_tokens,
-            self.stop_strings,
+        return Evaluation(
+            *evaluate_qa(
+                policy,
+                self.env,
+                {k: v[: exp.eval.num_prompts] for k, v in self.eval_sets.items()},
+                exp.tree,
+                exp.qa.system_prompt,
+                exp.qa.format_penalty,
+                exp.eval.max_new_tokens,
+                self.stop_strings,
+            )
         )
 
 
@@ -405,18 +422,21 @@ class SFTMethod:
             "sft/loss_tokens": float(np.asarray(batch.loss_mask).sum()),
         }
 
-    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> dict:
+    def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> Evaluation:
         """Mean next-token loss on the assistant tokens of held-out conversations."""
         if not self.heldout:
-            return {}
+            return Evaluation({})
         model = nnx.merge(graphdef, params)
-        total, count = 0.0, 0
+        total, count, per = 0.0, 0, []
         for ex in self.heldout:
             nll = lm_eval.nll_per_token(model, [list(ex.tokens)], self.tokenizer.pad_id)[0]
             mask = np.asarray(ex.mask[1:], bool)  # nll[t] scores token t + 1
             total += float(nll[mask].sum())
             count += int(mask.sum())
-        return {"eval/assistant_nll": total / max(count, 1)}
+            per.append(float(nll[mask].mean()) if mask.any() else float("nan"))
+        return Evaluation(
+            {"eval/assistant_nll": total / max(count, 1)}, {"eval/assistant_nll": per}
+        )
 
 
 def _plain_render(messages, add_generation_prompt: bool = True) -> str:
