@@ -11,6 +11,7 @@ import re
 import pytest
 
 from rlpt_jax import assets
+from rlpt_jax.models.hf_io import export_tokenizer, portable_tokenizer_config
 from rlpt_jax.models.tokenizer import Tokenizer, qwen3_tokenizer_dir
 
 needs_torch = pytest.mark.skipif(
@@ -129,6 +130,43 @@ def test_smollm2_files_load_in_transformers_4(embedded_model_dir):
     assert not isinstance(config.get("extra_special_tokens"), list)  # 4.x expects a dict
     assert config["chat_template"]  # 4.x before 4.50 reads it only from here
     assert config["clean_up_tokenization_spaces"] is False  # same decode in 4.x and 5.x
+    assert portable_tokenizer_config(config, embedded_model_dir) == config
+
+
+def test_export_writes_a_tokenizer_config_transformers_4_loads(tmp_path):
+    """A folder saved by transformers 5 (TokenizersBackend, list of extra specials, template
+    in chat_template.jinja) is exported in the form 4.x loads, meaning the same tokenizer."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tokenizer.json").write_text("{}")
+    (src / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    v5 = {
+        "backend": "tokenizers",
+        "tokenizer_class": "TokenizersBackend",
+        "eos_token": "<|im_end|>",
+        "extra_special_tokens": ["<|im_start|>", "<|im_end|>"],
+    }
+    (src / "tokenizer_config.json").write_text(json.dumps(v5))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert export_tokenizer(src, out) == [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ]
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config == {
+        "backend": "tokenizers",
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|im_end|>",
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "chat_template": "{{ messages[0]['content'] }}",
+    }
+    # A class 4.x knows is kept as it is.
+    qwen = json.loads((qwen3_tokenizer_dir() / "tokenizer_config.json").read_text())
+    assert portable_tokenizer_config(qwen, qwen3_tokenizer_dir()) == qwen
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        export_tokenizer(tmp_path / "empty", out)
 
 
 def test_qwen3_tokenizer_specials():

@@ -295,15 +295,55 @@ def export_hf(
     (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
 
     if tokenizer_dir is not None:
-        copied = 0
-        for fname in TOKENIZER_FILES:
-            src = Path(tokenizer_dir) / fname
-            if src.is_file():
-                shutil.copy(src, out / fname)
-                copied += 1
-        if not copied:
-            raise FileNotFoundError(f"no tokenizer files found in {tokenizer_dir}")
+        export_tokenizer(tokenizer_dir, out)
     return out
+
+
+def export_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> list[str]:
+    """Copy the tokenizer files of ``tokenizer_dir`` into ``out_dir``; the names copied.
+
+    ``tokenizer_config.json`` is rewritten so that transformers 4.x loads it as well as 5.x:
+    transformers 5 saves ``"tokenizer_class": "TokenizersBackend"``, a class 4.x does not
+    have ("Tokenizer class TokenizersBackend does not exist"), and its special tokens as a
+    list under ``extra_special_tokens``, where 4.x expects a dict. Both describe a plain
+    ``tokenizer.json`` tokenizer, which every release loads as ``PreTrainedTokenizerFast``
+    with ``additional_special_tokens``. A chat template kept only in ``chat_template.jinja``
+    (which older releases do not read) is also written into the config.
+    """
+    src_dir, out = Path(tokenizer_dir), Path(out_dir)
+    copied = []
+    for fname in TOKENIZER_FILES:
+        src = src_dir / fname
+        if not src.is_file():
+            continue
+        if fname == "tokenizer_config.json":
+            config = portable_tokenizer_config(json.loads(src.read_text(encoding="utf-8")), src_dir)
+            (out / fname).write_text(
+                json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+        else:
+            shutil.copy(src, out / fname)
+        copied.append(fname)
+    if not copied:
+        raise FileNotFoundError(f"no tokenizer files found in {tokenizer_dir}")
+    return copied
+
+
+def portable_tokenizer_config(config: dict, tokenizer_dir: str | Path) -> dict:
+    """``config`` (a ``tokenizer_config.json``) in the form transformers 4.x and 5.x both load."""
+    config = dict(config)
+    has_json = (Path(tokenizer_dir) / "tokenizer.json").is_file()
+    if config.get("tokenizer_class") == "TokenizersBackend" and has_json:
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del config["extra_special_tokens"]
+        if extra and "additional_special_tokens" not in config:
+            config["additional_special_tokens"] = extra
+    jinja = Path(tokenizer_dir) / "chat_template.jinja"
+    if "chat_template" not in config and jinja.is_file():
+        config["chat_template"] = jinja.read_text(encoding="utf-8")
+    return config
 
 
 def _structural_hf_config(cfg: ModelConfig, base: dict) -> dict:
