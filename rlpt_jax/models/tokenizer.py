@@ -1,15 +1,16 @@
 """Tokenizer wrapper: encoding, decoding, chat-template rendering and the special ids.
 
-Wraps a ``transformers`` fast tokenizer loaded from a local folder (never from a hub).
-Token ids are the currency of the whole project: rollouts keep the ids they sampled and
-append tool results tokenised on their own (``encode(..., add_special=False)``); we never
-decode and re-tokenise a trajectory.
+Wraps a ``transformers`` fast tokenizer loaded from a local folder (never from a hub); that
+needs no torch, which is a test-only dependency. Token ids are the currency of the whole
+project: rollouts keep the ids they sampled and append tool results tokenised on their own
+(``encode(..., add_special=False)``); we never decode and re-tokenise a trajectory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -22,8 +23,7 @@ class Tokenizer:
     """A thin, explicit wrapper over a Hugging Face tokenizer folder."""
 
     def __init__(self, path: str | Path):
-        from transformers import AutoTokenizer
-
+        AutoTokenizer = _auto_tokenizer()
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"tokenizer folder {path} does not exist")
@@ -84,6 +84,28 @@ class Tokenizer:
 
     def encode_chat(self, messages: list[dict[str, str]], **kw) -> list[int]:
         return self.encode(self.render_chat(messages, **kw), add_special=False)
+
+
+def _auto_tokenizer():
+    """``transformers.AutoTokenizer``, imported without its advice that torch is missing.
+
+    transformers advises at import that "PyTorch was not found. Models won't be available":
+    true, and expected on the runtime path, so not worth a warning on every run.
+    """
+    if "transformers" not in sys.modules:
+        key = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+        before = os.environ.get(key)
+        os.environ[key] = "1"
+        try:
+            import transformers  # noqa: F401
+        finally:
+            if before is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = before
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
 
 
 def qwen3_tokenizer_dir(cache_root: str | Path | None = None) -> Path:
