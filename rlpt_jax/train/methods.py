@@ -113,6 +113,7 @@ class RLPTMethod:
             self.exp.rollout.max_prompt_tokens,
             seed,
             row_multiple,
+            sampler_rows=self.exp.rollout.sampler_rows,
         )
         m = dict(out.metrics)
         # Per-step counts (not running totals), so a resumed run logs what a fresh one would.
@@ -252,6 +253,7 @@ class AT2POMethod:
             self.exp.qa.format_penalty,
             seed,
             row_multiple,
+            sampler_rows=self.exp.rollout.sampler_rows,
         )
         return out.batch, out.metrics
 

@@ -1,0 +1,82 @@
+"""rollout.sampler_rows bounds the sequences in the sampler at once, from the config down."""
+
+import numpy as np
+
+from rlpt_jax.algos.advantages import AdvantageConfig
+from rlpt_jax.data.segments import Sample
+from rlpt_jax.data.tasks import TaskConfig, make_task
+from rlpt_jax.rewards.judges import make_judge
+from rlpt_jax.rollout.policy import Completion, SampleSpec
+from rlpt_jax.rollout.rlpt import rlpt_rollout
+
+
+class _Tok:
+    def encode(self, text):
+        return [3, 4, 5]
+
+    def decode(self, ids):
+        return "<|startofprediction|>Second one.<|endofprediction|>"
+
+
+class RecordingPolicy:
+    """Answers every prompt with the same completion; records the rows per call."""
+
+    tokenizer = _Tok()
+    pad_id = 0
+
+    def __init__(self):
+        self.rows = []
+
+    def sample(self, prompts, n, spec, seed):
+        self.rows.append(len(prompts) * n)
+        done = Completion([7, 8], np.zeros(2, np.float32), np.zeros(2, np.float32), "stop")
+        return [[done] * n for _ in prompts]
+
+
+def _tasks(k):
+    return [
+        make_task(Sample(f"d{i}", 2, "First.", "Second one.", ("Third.",)), TaskConfig())
+        for i in range(k)
+    ]
+
+
+def test_rlpt_rollout_samples_in_waves_of_sampler_rows():
+    policy = RecordingPolicy()
+    out = rlpt_rollout(
+        policy,
+        _tasks(5),
+        make_judge({"kind": "lexical"}),
+        SampleSpec(max_new_tokens=4),
+        4,
+        AdvantageConfig(),
+        64,
+        seed=0,
+        sampler_rows=8,
+    )
+    assert policy.rows == [8, 8, 4] and max(policy.rows) <= 8
+    assert out.rewards.shape == (5, 4)
+
+
+def test_method_passes_sampler_rows_to_the_rollout(monkeypatch):
+    """The config value reaches the rollout (it used to be validated, planned, and dropped)."""
+    from rlpt_jax.rollout import rlpt as rollout_rlpt
+    from rlpt_jax.train import methods
+    from rlpt_jax.train.experiment import from_config_dict
+
+    seen = {}
+
+    def fake_rollout(*args, **kwargs):
+        seen.update(kwargs)
+        raise StopIteration
+
+    monkeypatch.setattr(rollout_rlpt, "rlpt_rollout", fake_rollout)
+    exp = from_config_dict({"rollout": {"sampler_rows": 24, "prompts_per_step": 2}})
+    method = methods.RLPTMethod.__new__(methods.RLPTMethod)
+    method.exp, method.judge = exp, make_judge({"kind": "lexical"})
+    method.data = type("D", (), {"train_tasks": _tasks(3)})()
+    method.stream = methods.pipeline.IndexStream(3, 0)
+    try:
+        method.rollout(RecordingPolicy(), SampleSpec(), 0, 1)
+    except StopIteration:
+        pass
+    assert seen["sampler_rows"] == 24
