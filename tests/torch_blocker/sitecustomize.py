@@ -1,0 +1,33 @@
+"""Make torch unimportable, as on a machine where it is not installed (tests/test_no_torch.py).
+
+Put this folder on ``PYTHONPATH``: Python imports ``sitecustomize`` at start-up. Then, even
+where torch is installed (the test extras install it), ``import torch`` or any ``torch.*``
+raises ``ModuleNotFoundError`` and ``importlib.util.find_spec("torch")`` returns None: the
+answer libraries that probe for an optional torch (transformers' ``is_torch_available``)
+get when it is absent, so they take their torch-free paths instead of failing half-way.
+
+A ``None`` entry in ``sys.modules`` is the import system's own way to say "not importable";
+the meta-path finder keeps the block even if someone deletes those entries. Package
+metadata (``importlib.metadata.version("torch")``) stays visible; nothing on our runtime
+path asks for it without first finding the module.
+"""
+
+import sys
+
+BLOCKED = ("torch", "torchgen", "functorch")
+
+
+class TorchBlocker:
+    """Refuses to find a blocked top-level package or anything inside it."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r} (blocked by tests/torch_blocker)", name=fullname
+            )
+        return None
+
+
+for _name in BLOCKED:
+    sys.modules[_name] = None
+sys.meta_path.insert(0, TorchBlocker())
