@@ -122,6 +122,8 @@ def base() -> ml_collections.ConfigDict:
         save_every=20, max_to_keep=3, best_metric="eval/em_avg", best_mode="max", async_save=True
     )
     c.export_hf = True
+    # The paper starts RL from an instruct model that follows the protocol; None here.
+    c.cold_start = None
     return c
 
 
@@ -182,5 +184,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             max_new_tokens=160 if cpu else 48,
         )
         c.checkpoint.save_every = 3 if cpu else 1
+        c.eval.at_start = cpu  # the summary shows before and after RL
+        # Cold start: SFT on protocol trajectories of the train questions (think, search,
+        # the real BM25 results, answer), so that a 135M model follows the protocol.
+        c.cold_start = dict(
+            seed=0,
+            sft=dict(data="at2po", seq_len=1024, batch_rows=1, heldout=16),
+            optim=dict(learning_rate=5e-5, schedule="constant", grad_clip=1.0),
+            train=dict(
+                steps=16 if cpu else 1, micro_batch_size=1, logprob_chunk=256, kl_to_init=False
+            ),
+            eval=dict(every=0, num_prompts=0),
+        )
     c.lock()
     return c

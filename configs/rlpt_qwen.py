@@ -122,6 +122,9 @@ def base() -> ml_collections.ConfigDict:
         save_every=50, max_to_keep=3, best_metric=placeholder(str), best_mode="max", async_save=True
     )
     c.export_hf = True
+    # The paper's cold-start SFT stage (instruction following before RLPT); None here
+    # because its data is not published: point model.path at your SFT export instead.
+    c.cold_start = None
     return c
 
 
@@ -147,10 +150,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.segments.context_max_tokens = 96
         c.segments.max_samples_per_doc = 2
         c.segments.heldout_fraction = 0.1
-        c.judge = dict(kind="lexical", mode="prefix")
+        # The offline stand-in for the semantic judge. A 135M model rarely reaches the
+        # binary F1 >= 0.6 verdict, so the CPU run rewards the F1 itself (graded): it
+        # varies within groups, so GRPO has a signal. Accuracy is still the verdict.
+        c.judge = dict(kind="lexical", mode="prefix", lexical=dict(graded=variant == "cpu"))
         c.rollout.prompts_per_step = 2 if variant == "cpu" else 2
         c.rollout.samples_per_prompt = 4 if variant == "cpu" else 2
-        c.rollout.max_new_tokens = 32 if variant == "cpu" else 12
+        # room for the tags and a whole sentence (~40 tokens after the cold start)
+        c.rollout.max_new_tokens = 64 if variant == "cpu" else 12
         c.rollout.max_prompt_tokens = 192
         c.rollout.cache_dtype = "float32"
         # A 135M model needs a larger step than the paper's 1e-6 to move in a few steps.
@@ -162,12 +169,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.ntp_batch_size = 8 if variant == "cpu" else 2
         c.eval = dict(
             every=4 if variant == "cpu" else 2,
-            num_prompts=8 if variant == "cpu" else 2,
+            num_prompts=32 if variant == "cpu" else 2,
             ntp_docs=8 if variant == "cpu" else 2,
             ntp_max_tokens=128,
-            max_new_tokens=32 if variant == "cpu" else 12,
+            max_new_tokens=64 if variant == "cpu" else 12,
         )
         c.checkpoint.save_every = 4 if variant == "cpu" else 1
+        c.eval.at_start = variant == "cpu"  # the summary shows before and after RL
+        # Cold start: SFT on demonstrations of the train split's tasks (the true next
+        # sentence in the answer tags), so that the model emits predictions at all.
+        c.cold_start = dict(
+            seed=0,
+            sft=dict(data="rlpt", seq_len=512, batch_rows=2 if variant == "cpu" else 1, heldout=16),
+            optim=dict(learning_rate=5e-5, schedule="constant", grad_clip=1.0),
+            train=dict(
+                steps=12 if variant == "cpu" else 1,
+                micro_batch_size=1,
+                logprob_chunk=256,
+                kl_to_init=False,
+            ),
+            eval=dict(every=0, num_prompts=0),
+        )
     else:
         raise ValueError(
             f"unknown variant {variant!r} of rlpt_qwen.py; "
