@@ -385,8 +385,9 @@ class SFTMethod:
             out[split] = examples
             counts[f"sft_{split}_questions"] = len(questions)
             counts[f"sft_{split}_no_evidence"] = len(questions) - len(examples)
+        # model turns start where the mask turns on: search, (search,) answer
         counts["sft_two_search_demos"] = sum(
-            sum(1 for a, b in zip(e.mask, e.mask[1:]) if a == 0 and b == 1) == 2
+            sum(1 for a, b in zip(e.mask, e.mask[1:]) if a == 0 and b == 1) == 3
             for e in out["train"]
         )
         return out["train"], out["heldout"], counts
