@@ -276,11 +276,15 @@ class AT2POMethod:
 
 
 def load_questions(name: str, split: str) -> Sequence:
-    """A QA dataset by name (``embedded``, ``fanoutqa``) or FlashRAG jsonl path."""
+    """A QA dataset by name (``embedded``, ``fanoutqa``) or FlashRAG jsonl path.
+
+    ``embedded`` gives the embedded set's ``split``; ``embedded:<split>`` names one
+    (``embedded:test``, the untouched split for final comparisons).
+    """
     from rlpt_jax.data import qa
 
-    if name == "embedded":
-        return qa.embedded_qa(split)
+    if name == "embedded" or name.startswith("embedded:"):
+        return qa.embedded_qa(name.partition(":")[2] or split)
     if name == "fanoutqa":
         return qa.fanoutqa_dev()
     path = Path(name)
