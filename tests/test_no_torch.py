@@ -2,14 +2,17 @@
 
 ``bash scripts/setup.sh`` installs ``requirements.txt`` only, so the README's first command
 must convert the embedded model and train without torch. CI installs the test extras
-(torch included) into the same environment, so a plain test would not notice a torch import;
-these run the real commands in a subprocess in which torch cannot be imported
-(``tests/torch_blocker`` on ``PYTHONPATH``), into a fresh cache.
+(torch included) into the same environment, so a plain test would not notice a torch import,
+nor a runtime dependency that only a test extra brings (jinja2 comes with torch). These run
+the real commands in a subprocess in which torch, and every other module that
+``requirements.txt`` does not install, cannot be imported (``tests/torch_blocker`` on
+``PYTHONPATH``), into a fresh cache.
 """
 
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +23,74 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKER = Path(__file__).resolve().parent / "torch_blocker"
 TORCH = {"torch", "torchvision", "torchaudio"}
+# What a fresh `python -m venv` holds before setup.sh installs anything.
+VENV_SEED = {"pip", "setuptools"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_names(fname: str) -> list[str]:
+    lines = (ROOT / fname).read_text().splitlines()
+    reqs = [ln.split("#")[0].strip() for ln in lines]
+    return [_norm(Requirement(r).name) for r in reqs if r and not r.startswith("-")]
+
+
+def runtime_closure() -> dict[str, str]:
+    """Every distribution ``pip install -r requirements.txt`` installs, as the installed
+    metadata says (optional extras and other platforms' dependencies skipped), each with
+    the chain of requirements that pulls it in."""
+    direct = _requirement_names("requirements.txt")
+    why = {d: d for d in direct}
+    todo, seen = [(d, "") for d in direct], set()
+    while todo:
+        name, extra = todo.pop()
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not installed here, so not installed by requirements.txt either
+        for spec in requires:
+            req = Requirement(spec)
+            if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+                continue
+            dep = _norm(req.name)
+            why.setdefault(dep, f"{why[name]} -> {dep}")
+            todo += [(dep, "")] + [(dep, e) for e in req.extras]
+    return why
+
+
+def _top_level_modules(dist: importlib.metadata.Distribution) -> set[str]:
+    listed = dist.read_text("top_level.txt")
+    if listed:
+        return set(listed.split())
+    names = set()
+    for f in dist.files or ():
+        first = f.parts[0]
+        if first in ("..", "__pycache__") or first.endswith((".dist-info", ".data", ".pth")):
+            continue
+        names.add(first.split(".")[0] if len(f.parts) == 1 else first)
+    return names
+
+
+def modules_setup_does_not_install() -> set[str]:
+    """Top-level modules of the installed distributions that a runtime-only ``.venv`` lacks."""
+    runtime = set(runtime_closure()) | set(_requirement_names("requirements-assets.txt"))
+    runtime |= VENV_SEED | {"rlpt-jax"}
+    keep, block = set(sys.stdlib_module_names), set()
+    for dist in importlib.metadata.distributions():
+        name = _norm(dist.metadata["Name"])
+        (keep if name in runtime else block).update(_top_level_modules(dist))
+    return block - keep
 
 
 def torchless_env(cache: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BLOCKER), env.get("PYTHONPATH")) if p)
+    env["RLPT_JAX_BLOCK_MODULES"] = ",".join(sorted(modules_setup_does_not_install()))
     env["RLPT_JAX_CACHE"] = str(cache)
     env.pop("XLA_FLAGS", None)  # conftest's 8 simulated devices are for the sharding tests
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
@@ -42,41 +108,23 @@ def run_torchless(args: list[str], cache: Path, timeout: float) -> subprocess.Co
     )
 
 
-def _name(req: str) -> str:
-    return Requirement(req).name.lower().replace("_", "-")
-
-
 def test_runtime_requirements_do_not_pull_in_torch():
-    """Neither ``requirements.txt`` nor anything it depends on (as installed) names torch."""
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
-    direct = [ln.split("#")[0].strip() for ln in lines]
-    direct = [_name(r) for r in direct if r and not r.startswith("-")]
-    assert direct and not TORCH & set(direct)
-
-    seen, todo, path = set(), list(direct), {d: d for d in direct}
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            requires = importlib.metadata.requires(name) or []
-        except importlib.metadata.PackageNotFoundError:
-            continue  # not installed here, so not installed by requirements.txt either
-        for spec in requires:
-            req = Requirement(spec)
-            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-                continue  # an optional extra or another platform's dependency
-            dep = _name(spec)
-            path.setdefault(dep, f"{path[name]} -> {dep}")
-            todo.append(dep)
-    assert not TORCH & seen, [path[t] for t in TORCH & seen]
+    """Neither ``requirements.txt`` nor anything it depends on (as installed) is torch."""
+    why = runtime_closure()
+    assert not TORCH & set(_requirement_names("requirements.txt"))
+    assert not TORCH & set(why), [why[t] for t in TORCH & set(why)]
+    # transformers renders chat templates with jinja2 but does not depend on it; in the
+    # test environment torch brings it, on a fresh machine nothing would.
+    assert "jinja2" in why, "requirements.txt must install jinja2 (chat templates)"
 
 
 def test_blocker_hides_torch_like_an_absent_install(tmp_path):
+    blocked = modules_setup_does_not_install()
+    assert not {"jax", "transformers", "tokenizers", "gguf", "rlpt_jax"} & blocked
     probe = (
-        "import importlib.util\n"
-        "assert importlib.util.find_spec('torch') is None\n"
+        "import importlib.util, os\n"
+        "names = os.environ['RLPT_JAX_BLOCK_MODULES'].split(',') + ['torch']\n"
+        "assert all(importlib.util.find_spec(n) is None for n in names)\n"
         "try:\n"
         "    import torch\n"
         "except ModuleNotFoundError:\n"
