@@ -52,9 +52,9 @@ _SPECIAL_IDS = {
     "pad_token": "padding_token_id",
 }
 # ``tokenizer.ggml.pre`` values that transformers' GGUF reader tokenises with the plain GPT-2
-# byte-level split. (llama.cpp and SmolLM2's own tokenizer.json also split digits one by one;
-# no token of this vocabulary holds a digit, so the ids differ only where two or more
-# whitespace characters precede a digit: "a  1". None of the 10,033 embedded intros does.)
+# byte-level split. (llama.cpp also splits digits one by one for "smollm"; no token of this
+# vocabulary holds a digit, so the ids differ only where two or more whitespace characters
+# precede a digit: "a  1". None of the 10,033 embedded intros has that.)
 _GPT2_SPLIT_PRE_TOKENIZERS = frozenset({"smollm"})
 
 
