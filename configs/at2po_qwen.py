@@ -160,8 +160,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             picks=2 if cpu else 1,
             alpha=0.05,
             expansion="entropy",
-            max_response_tokens=160 if cpu else 48,
-            max_turn_tokens=48 if cpu else 16,
+            # a search turn quotes a sentence (~50 tokens), a result is ~150 tokens
+            max_response_tokens=384 if cpu else 48,
+            max_turn_tokens=96 if cpu else 16,
             max_turns=4,
             seed=0,
         )
@@ -178,10 +179,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
         c.eval = dict(
             every=3 if cpu else 2,
-            num_prompts=4 if cpu else 1,
+            num_prompts=32 if cpu else 1,
             ntp_docs=0,
             ntp_max_tokens=128,
-            max_new_tokens=160 if cpu else 48,
+            max_new_tokens=384 if cpu else 48,
         )
         c.checkpoint.save_every = 3 if cpu else 1
         c.eval.at_start = cpu  # the summary shows before and after RL

@@ -175,9 +175,11 @@ class RLPTMethod:
             per["eval/no_prediction_frac"] = [float(p is None) for p in preds]
             m["eval/next_segment_acc"] = float(r.mean())
             m["eval/next_segment_reward"] = float(np.mean([x.reward for x in res]))
+            graded = np.asarray(per["eval/next_segment_reward"])
             for kind in ("asr", "msr"):
                 if (kinds == kind).any():
                     m[f"eval/next_segment_acc_{kind}"] = float(r[kinds == kind].mean())
+                    m[f"eval/next_segment_reward_{kind}"] = float(graded[kinds == kind].mean())
             m["eval/no_prediction_frac"] = float(np.mean([p is None for p in preds]))
         docs = self.data.heldout_docs[: exp.eval.ntp_docs]
         if docs:
