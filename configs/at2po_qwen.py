@@ -116,6 +116,8 @@ def base() -> ml_collections.ConfigDict:
         logprob_chunk=1024,
         ntp_seq_len=4096,
         ntp_batch_size=64,
+        kl_to_init=True,  # log KL(policy || initial policy); one extra forward a step
+        peak_tflops=placeholder(float),  # summed device peak, for the MFU metric
     )
     c.eval = dict(every=20, num_prompts=512, ntp_docs=0, ntp_max_tokens=256, max_new_tokens=6192)
     c.checkpoint = dict(
@@ -169,7 +171,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.env.max_chars = 300
         c.env.topk = 2
         c.optim.learning_rate = 2e-6
-        c.train = dict(
+        c.train.update(
             steps=6 if cpu else 2,
             mini_batches=1,
             micro_batch_size=4,

@@ -116,6 +116,8 @@ def base() -> ml_collections.ConfigDict:
         logprob_chunk=1024,
         ntp_seq_len=4096,
         ntp_batch_size=256,
+        kl_to_init=True,  # log KL(policy || initial policy); one extra forward a step
+        peak_tflops=placeholder(float),  # summed device peak, for the MFU metric
     )
     c.eval = dict(every=50, num_prompts=512, ntp_docs=256, ntp_max_tokens=1024, max_new_tokens=8192)
     c.checkpoint = dict(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rlpt_jax.algos.advantages import AdvantageConfig, group_advantages
-from rlpt_jax.data.tasks import END_TAG, Task, extract_prediction
+from rlpt_jax.data.tasks import Task, extract_prediction
 from rlpt_jax.rewards.judges import Judge
 from rlpt_jax.rollout.policy import Completion, Policy, SampleSpec
 from rlpt_jax.train.batch import RLBatch, bucket_length, make_batch, pad_batch
@@ -126,8 +126,3 @@ def rlpt_rollout(
         if sel.any():
             m[f"reward/{kind}"] = float(rewards[sel].mean())
     return RLPTRollout(batch, rewards, groups, preds, m)
-
-
-def prediction_stop_strings() -> tuple[str, ...]:
-    """Generation stops once the prediction is closed: nothing after it is rewarded."""
-    return (END_TAG,)
