@@ -98,7 +98,7 @@ def test_generative_judge_parses_and_counts():
     ]
     results = judge.score(batch)
     assert results == [
-        JudgeResult(1.0, True, "Score: 1"),
+        JudgeResult(1.0, True, "Score: 1", verdict=1),
         JudgeResult(0.0, False, ""),
         JudgeResult(0.0, True, "It adds a claim.\nScore: 0"),
         JudgeResult(0.0, False, "equivalent!"),
@@ -336,7 +336,7 @@ def test_http_judge_retries_transient_errors(server):
     server.behaviour = lambda n, body: {1: 503, 2: "sleep"}.get(n, "Score: 1")
     judge = http_judge(server.server_port, timeout_s=0.2, max_retries=2)
     results = judge.score([("x y z", REFS)])
-    assert results == [JudgeResult(1.0, True, "Score: 1")]
+    assert results == [JudgeResult(1.0, True, "Score: 1", verdict=1)]
     assert judge.counters.retries == 2
     assert judge.counters.failed_requests == 0
 

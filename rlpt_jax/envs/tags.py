@@ -99,42 +99,47 @@ def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{…}`` in ``text``, with nested braces matched.
 
     ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``. Whitespace between ``\\boxed`` and
-    ``{`` is allowed. Returns ``None`` if there is no complete (brace-balanced) box.
+    ``{`` is allowed; ``\\{`` and ``\\}`` are literal braces. Returns ``None`` if there is
+    no complete (brace-balanced) box. Linear time: one pass matches every brace, then
+    the boxes are tried from the last (a policy can write thousands of open boxes).
     """
     if not isinstance(text, str):
         return None
-    search_end = len(text)
-    while True:
-        at = text.rfind(_BOXED, 0, search_end)
-        if at < 0:
-            return None
-        content = _braced_content(text, at + len(_BOXED))
-        if content is not None:
-            return content
-        search_end = at
+    closes = _matching_braces(text)
+    starts = []
+    at = text.find(_BOXED)
+    while at >= 0:
+        starts.append(at + len(_BOXED))
+        at = text.find(_BOXED, at + len(_BOXED))
+    for pos in reversed(starts):
+        end = _skip_blanks(text, pos)
+        if end < len(text) and text[end] == "{" and end in closes:
+            return text[end + 1 : closes[end]]
+    return None
 
 
-def _braced_content(text: str, pos: int) -> str | None:
-    """Content of the ``{…}`` group starting at ``pos`` (after optional spaces)."""
+def _skip_blanks(text: str, pos: int) -> int:
     while pos < len(text) and text[pos] in " \t":
         pos += 1
-    if pos >= len(text) or text[pos] != "{":
-        return None
-    depth = 0
-    i = pos
-    while i < len(text):
+    return pos
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """``{open index: close index}`` for every balanced ``{…}`` (escapes skipped)."""
+    closes: dict[int, int] = {}
+    stack: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
         ch = text[i]
         if ch == "\\":
             i += 2  # \{ and \} are literal braces, not grouping
             continue
         if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[pos + 1 : i]
+            stack.append(i)
+        elif ch == "}" and stack:
+            closes[stack.pop()] = i
         i += 1
-    return None
+    return closes
 
 
 def extract_final_answer(response: str) -> str | None:

@@ -269,7 +269,10 @@ class Reply:
     graded: float | None = None
 
 
-_SCORE = re.compile(r"\bscore\s*\**\s*:\s*\**\s*([01])(?![\d.])", re.IGNORECASE)
+# Each blank run is matched by one unambiguous piece (``\s*`` then optional ``\*+\s*``),
+# so a verdict-less run of whitespace costs linear, not quadratic, time. A digit or a
+# decimal part after the 0/1 ("10", "0.5") is not a verdict; a full stop ("1.") is.
+_SCORE = re.compile(r"\bscore\s*(?:\*+\s*)?:\s*(?:\*+\s*)?([01])(?!\d|\.\d)", re.IGNORECASE)
 
 
 def parse_score(text: str) -> int | None:
