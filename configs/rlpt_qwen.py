@@ -170,7 +170,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.ntp_seq_len = 256
         c.train.ntp_batch_size = 8 if variant == "cpu" else 2
         c.eval = dict(
-            every=4 if variant == "cpu" else 2,
+            every=8 if variant == "cpu" else 2,  # cpu: before (at_start) and after RL
             num_prompts=32 if variant == "cpu" else 2,
             ntp_docs=8 if variant == "cpu" else 2,
             ntp_max_tokens=128,
