@@ -192,7 +192,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the real BM25 results, answer), so that a 135M model follows the protocol.
         c.cold_start = dict(
             seed=0,
-            sft=dict(data="at2po", seq_len=1024, batch_rows=1, heldout=16),
+            # tiny: 64 demonstrations (each is a real BM25 search or two)
+            sft=dict(
+                data="at2po",
+                seq_len=1024,
+                batch_rows=1,
+                heldout=16 if cpu else 2,
+                max_examples=0 if cpu else 64,
+            ),
             optim=dict(learning_rate=5e-5, schedule="constant", grad_clip=1.0),
             train=dict(
                 steps=16 if cpu else 1, micro_batch_size=1, logprob_chunk=256, kl_to_init=False

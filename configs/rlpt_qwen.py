@@ -182,7 +182,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # sentence in the answer tags), so that the model emits predictions at all.
         c.cold_start = dict(
             seed=0,
-            sft=dict(data="rlpt", seq_len=512, batch_rows=2 if variant == "cpu" else 1, heldout=16),
+            sft=dict(
+                data="rlpt",
+                seq_len=512,
+                batch_rows=2 if variant == "cpu" else 1,
+                heldout=16 if variant == "cpu" else 2,
+            ),
             optim=dict(learning_rate=5e-5, schedule="constant", grad_clip=1.0),
             train=dict(
                 steps=12 if variant == "cpu" else 1,
