@@ -7,6 +7,24 @@ from pathlib import Path
 import numpy as np
 
 
+def tiny_llama_config(vocab_size: int = 32, **overrides):
+    """A 2-layer, 32-wide Llama ``ModelConfig`` (GQA, tied embeddings) for JAX-only tests."""
+    from rlpt_jax.models.config import ModelConfig
+
+    fields = dict(
+        model_type="llama",
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        tie_word_embeddings=True,
+    )
+    return ModelConfig(**{**fields, **overrides})
+
+
 def hf_greedy(hf, prompt: list[int], max_new_tokens: int) -> np.ndarray:
     """transformers' greedy ``generate`` continuation of one prompt (new token ids only)."""
     import torch

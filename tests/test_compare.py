@@ -234,21 +234,13 @@ def test_finished_run_of_another_arm_is_an_error(fake_runs):
 def tiny_model(tmp_path_factory):
     """A 2-layer random Llama with the embedded SmolLM2 tokenizer: the `tiny` config's
     runs then take seconds instead of the real 135M model's minutes on a 2-core CPU."""
-    from rlpt_jax.models.config import ModelConfig
+    from hf_fixtures import tiny_llama_config
     from rlpt_jax.models.decoder import init_model
     from rlpt_jax.models.embedded import smollm2_dir
     from rlpt_jax.models.hf_io import export_hf
 
-    cfg = ModelConfig(
-        model_type="llama",
+    cfg = tiny_llama_config(
         vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_ids=(2,),
         pad_token_id=2,

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
+from hf_fixtures import tiny_llama_config
 from rlpt_jax.data import sft
-from rlpt_jax.models.config import ModelConfig
 from rlpt_jax.models.decoder import init_model
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.train.batch import make_batch
@@ -107,18 +107,7 @@ def test_chat_jsonl_counts_bad_lines(tmp_path):
 
 def test_sft_lowers_assistant_loss_on_its_training_set():
     vocab = 32
-    cfg = ModelConfig(
-        model_type="llama",
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        tie_word_embeddings=True,
-    )
-    model = init_model(cfg, seed=0)
+    model = init_model(tiny_llama_config(vocab), seed=0)
     rng = np.random.default_rng(0)
     examples = []
     for _ in range(8):
