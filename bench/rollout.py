@@ -134,11 +134,14 @@ def main(argv):
     for r in rows:
         print(f"{r[0]:24s} {r[1]:6d} {r[2]:10d} {r[3]:10d} {r[4]:8.1f} {r[5]:10.1f} {r[6]:17d}")
     tree, chains = rows
+    from rlpt_jax.comparison import machine_info
+
     print(
         json.dumps(
             {
                 "tree_prefill_ratio": round(tree[2] / chains[2], 4),
                 "tree_tok_s_ratio": round(tree[5] / chains[5], 4),
+                "machine": machine_info(),
             }
         )
     )

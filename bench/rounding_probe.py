@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rlpt_jax  # noqa: F401  (sets the package's XLA:CPU flags before the backend starts)
+from rlpt_jax.comparison import machine_info
 from rlpt_jax.models.decoder import in_float64
 
 ROWS = (1, 2, 4, 8, 16, 32, 48, 64)
@@ -154,6 +155,7 @@ def main() -> None:
         "softmax_float64_lengths_identical": rows["softmax in float64 (vs L + masked slots)"],
         "decode_dots_ms_plain": round(plain_ms, 2),
         "decode_dots_ms_transposed": round(trans_ms, 2),
+        "machine": machine_info(),  # the CPU model and ISA flags: roundings differ by CPU
     }
     print(json.dumps(summary, ensure_ascii=False))
 

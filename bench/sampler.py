@@ -274,6 +274,9 @@ def main() -> None:
     result["refill_prefill_tokens"] = refill[0]
     result["fork_prefill_ratio"] = round(shared[0] / refill[0], 4)
     result["load_average"] = round(os.getloadavg()[0], 2)
+    from rlpt_jax.comparison import machine_info
+
+    result["machine"] = machine_info()
     print(json.dumps(result))
 
 

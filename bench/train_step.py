@@ -220,6 +220,8 @@ def main() -> None:
             f"{name:10s} RSS before first step {r['rss_before_step_mb']:.0f} MB, "
             f"XLA temp buffers {r['xla_temp_mb']:.0f} MB"
         )
+    from rlpt_jax.comparison import machine_info
+
     result = {
         "speedup_vs_torch": round(jx["tok_s"] / th["tok_s"], 3),
         "mfu": round(mfu, 3),
@@ -232,6 +234,7 @@ def main() -> None:
         "xla_temp_mb": round(jx["xla_temp_mb"]),
         "xla_temp_mb_remat": round(jr["xla_temp_mb"]),
         "remat_peak_cut": round(1 - jr["peak_mb"] / jx["peak_mb"], 3),
+        "machine": machine_info(),
     }
     print(json.dumps(result))
 
