@@ -10,25 +10,15 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from hf_fixtures import tiny_llama_config
 from rlpt_jax.algos.losses import LossConfig
-from rlpt_jax.models.config import ModelConfig
 from rlpt_jax.models.decoder import init_model
 from rlpt_jax.parallel import MeshConfig, make_mesh, shard_batch
 from rlpt_jax.train import batch as B
 from rlpt_jax.train import state as S
 from rlpt_jax.train import steps as ST
 
-CFG = ModelConfig(
-    model_type="llama",
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    tie_word_embeddings=True,
-)
+CFG = tiny_llama_config(64)
 
 
 def _batch(rows=8, length=16, seed=0, packed=False) -> B.RLBatch:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from hf_fixtures import tiny_llama_config
 from rlpt_jax.algos.advantages import grpo
 from rlpt_jax.algos.losses import PRESETS, LossConfig
-from rlpt_jax.models.config import ModelConfig
 from rlpt_jax.models.decoder import init_model
 from rlpt_jax.train import batch as B
 from rlpt_jax.train import state as S
@@ -30,17 +30,7 @@ GEN_POSITIONS = tuple(range(PROMPT, PROMPT + TURN)) + tuple(
 )
 USED = PROMPT + 2 * TURN + 1
 GROUPS, SAMPLES = 8, 8
-CFG = ModelConfig(
-    model_type="llama",
-    vocab_size=V,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    tie_word_embeddings=True,
-)
+CFG = tiny_llama_config(V)
 
 
 @functools.partial(jax.jit, static_argnums=0)

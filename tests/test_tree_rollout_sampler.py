@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from hf_fixtures import tiny_llama_config
 from rlpt_jax.envs.search_env import StepResult
-from rlpt_jax.models.config import ModelConfig
 from rlpt_jax.models.decoder import init_model
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.rollout.policy import Policy, SampleSpec
@@ -31,18 +31,7 @@ class TwoTurnEnv:
 @pytest.fixture(scope="module")
 def policy(embedded_model_dir):
     tok = Tokenizer(embedded_model_dir)
-    cfg = ModelConfig(
-        model_type="llama",
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
+    cfg = tiny_llama_config(tok.vocab_size, max_position_embeddings=512)
     graphdef, params = nnx.split(init_model(cfg, seed=3), nnx.Param)
     p = Policy(graphdef, tok)
     p.set_params(params)
