@@ -187,6 +187,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             max_new_tokens=384 if cpu else 48,
         )
         c.checkpoint.save_every = 3 if cpu else 1
+        # One checkpoint on disk: 135M float32 weights plus both Adam moments are 1.6 GB.
+        c.checkpoint.max_to_keep = 1
         c.eval.at_start = cpu  # the summary shows before and after RL
         # Cold start: SFT on protocol trajectories of the train questions (think, search,
         # the real BM25 results, answer), so that a 135M model follows the protocol.

@@ -166,6 +166,11 @@ def test_conversion_and_a_training_step_without_torch(tmp_path):
     assert [s["step"] for s in steps if "step" in s][-1] == 1
     exported = json.loads((workdir / "hf_export" / "tokenizer_config.json").read_text())
     assert exported == config
+    # The cold start leaves its export and no checkpoint (3x the export's size on disk).
+    (cold,) = (cache / "cold_start").glob("sft-*")
+    assert (cold / "hf_export" / "model.safetensors").is_file()
+    assert not (cold / "checkpoints").exists()
+    assert len([p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]) == 1
 
     again = tmp_path / "export"
     out = run_torchless(["launch/export.py", f"--workdir={workdir}", f"--out={again}"], cache, 300)

@@ -19,6 +19,7 @@ ARGS = [
     "--config.train.steps=3",
     "--config.eval.every=0",
     "--config.checkpoint.save_every=1",
+    "--config.checkpoint.max_to_keep=2",  # the fallback below needs the step before
     "--config.checkpoint.async_save=False",
 ]
 

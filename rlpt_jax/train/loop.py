@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,10 @@ def with_cold_start(exp: ExperimentConfig, log=print) -> ExperimentConfig:
     if not (workdir / "final_metrics.json").is_file():
         log(f"[rlpt_jax] cold start: SFT for {cold.train.steps} steps in {workdir}")
         run(sft_exp, workdir)
+        # The parent reads only the export; the checkpoint (weights and both Adam moments,
+        # 3x the export) would be dead disk. The single save is at the last step, so an
+        # interrupted cold start restarts anyway.
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     else:
         log(f"[rlpt_jax] cold start: reusing {workdir}")
     model = dataclasses.replace(exp.model, path=str(workdir / "hf_export"), tokenizer_path=None)
