@@ -68,6 +68,9 @@ def run_trees(policy, env, prompts, cfg, seed):
 
 def main(argv):
     del argv
+    from rlpt_jax import launch_utils
+
+    launch_utils.set_cpu_xla_defaults()
     from absl import logging
     from flax import nnx
 

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import rlpt_jax  # noqa: F401  (sets the package's XLA:CPU flags before the backend starts)
 from rlpt_jax.comparison import machine_info
 from rlpt_jax.models.decoder import in_float64
 
@@ -161,4 +160,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from rlpt_jax import launch_utils
+
+    launch_utils.set_cpu_xla_defaults()  # before the first computation
     main()

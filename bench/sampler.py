@@ -281,6 +281,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from rlpt_jax import launch_utils
+
+    launch_utils.set_cpu_xla_defaults()  # before the first computation
     if len(sys.argv) == 4 and sys.argv[1] == "--hf":
         hf_part(int(sys.argv[2]), int(sys.argv[3]))
     else:

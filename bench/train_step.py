@@ -240,4 +240,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from rlpt_jax import launch_utils
+
+    launch_utils.set_cpu_xla_defaults()  # before the first computation
     main()

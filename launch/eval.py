@@ -25,6 +25,9 @@ _LIMIT = flags.DEFINE_integer("limit", None, "questions per dataset (default: ev
 
 def main(argv):
     del argv
+    from rlpt_jax import launch_utils
+
+    launch_utils.set_cpu_xla_defaults()
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)

@@ -23,6 +23,9 @@ _OUT = flags.DEFINE_string("out", None, "output folder (default: <workdir>/hf_ex
 
 def main(argv):
     del argv
+    from rlpt_jax import launch_utils
+
+    launch_utils.set_cpu_xla_defaults()
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     from rlpt_jax.train.export import export_checkpoint

@@ -23,6 +23,9 @@ _SHOW = flags.DEFINE_integer("show", 12, "next-token predictions to print for th
 
 def main(argv):
     del argv
+    from rlpt_jax import launch_utils
+
+    launch_utils.set_cpu_xla_defaults()
     from rlpt_jax.models import lm_eval
 
     lm_eval.report(

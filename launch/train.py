@@ -49,6 +49,7 @@ def main(argv):
     from rlpt_jax import launch_utils
     from rlpt_jax.train import loop
 
+    launch_utils.set_cpu_xla_defaults()
     launch_utils.enable_compilation_cache()
     launch_utils.init_distributed(
         coordinator_address=_COORD.value,
