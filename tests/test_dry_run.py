@@ -59,3 +59,17 @@ def test_plan_numbers_by_hand():
     p_inv = dry_run.plan(exp, cfg.replace(batch_invariant=True), mesh)
     assert p_inv.bytes["transposed weights (batch-invariant)"] == p.bytes["parameters"]  # f32
     assert p_inv.total == p.total + p.bytes["parameters"]
+
+
+def test_the_step_runs_the_logprob_chunk_the_plan_assumes():
+    """The memory plan sizes the vocabulary chunk from ``train.logprob_chunk``; the run's
+    update step (and the dry run's compiled one) must use that value, not a silent cap."""
+    sys.path.insert(0, str(ROOT))
+    from configs import rlpt_qwen
+    from rlpt_jax.train.experiment import from_config_dict
+    from rlpt_jax.train.steps import StepConfig
+
+    exp = from_config_dict(rlpt_qwen.get_config("qwen3_8b"))
+    assert exp.train.logprob_chunk == 1024
+    step = StepConfig.for_experiment(exp, micro_batches=2)
+    assert (step.chunk, step.micro_batches, step.remat) == (1024, 2, exp.model.remat)

@@ -196,7 +196,7 @@ def _compile_report(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> None:
     step = make_update_step(
         tx,
         policy_objective(exp.loss),
-        StepConfig(remat=exp.model.remat, chunk=min(exp.train.logprob_chunk, 512)),
+        StepConfig.for_experiment(exp),
         mesh=mesh,
         state_shardings=shardings,
     )

@@ -138,9 +138,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     per_update = -(-rows // exp.train.mini_batches)
     micro = -(-per_update // exp.train.micro_batch_size) if exp.train.micro_batch_size else 1
     row_multiple = rows_per_shard * exp.train.mini_batches * micro
-    step_cfg = StepConfig(
-        micro_batches=micro, remat=exp.model.remat, chunk=min(exp.train.logprob_chunk, 512)
-    )
+    step_cfg = StepConfig.for_experiment(exp, micro_batches=micro)
     update = make_update_step(tx, objective, step_cfg, mesh=mesh, state_shardings=shardings)
     logprob = make_logprob_step(graphdef, step_cfg, mesh=mesh, param_shardings=shardings.params)
     ref_params = None

@@ -60,6 +60,14 @@ class StepConfig:
     chunk: int = 128
     logits_remat: bool | None = None
 
+    @classmethod
+    def for_experiment(cls, exp, micro_batches: int = 1) -> StepConfig:
+        """The options an ``ExperimentConfig`` asks for: the run and the dry run's compiled
+        step both take them from here, so the memory plan sees the step that runs."""
+        return cls(
+            micro_batches=micro_batches, remat=exp.model.remat, chunk=exp.train.logprob_chunk
+        )
+
     @property
     def recompute_logits(self) -> bool:
         return self.remat if self.logits_remat is None else self.logits_remat
