@@ -82,10 +82,10 @@ def part_jax(remat: bool, chunk: int, logits_remat: bool | None) -> dict:
     import jax
     import numpy as np
 
+    from rlpt_jax import batch as B
     from rlpt_jax.algos.losses import LossConfig
     from rlpt_jax.models.embedded import smollm2_dir
     from rlpt_jax.models.hf_io import load_hf
-    from rlpt_jax.train import batch as B
     from rlpt_jax.train import state as S
     from rlpt_jax.train import steps as ST
 

@@ -8,10 +8,10 @@ import optax
 import pytest
 
 from hf_fixtures import tiny_llama_config
+from rlpt_jax.batch import make_batch
 from rlpt_jax.data import sft
 from rlpt_jax.models.decoder import init_model
 from rlpt_jax.models.tokenizer import Tokenizer
-from rlpt_jax.train.batch import make_batch
 from rlpt_jax.train.state import create_train_state
 from rlpt_jax.train.steps import StepConfig, make_update_step, nll_objective
 

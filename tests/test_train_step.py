@@ -11,10 +11,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hf_fixtures import tiny_llama_config
+from rlpt_jax import batch as B
 from rlpt_jax.algos.losses import LossConfig
 from rlpt_jax.models.decoder import init_model
 from rlpt_jax.parallel import MeshConfig, make_mesh, shard_batch
-from rlpt_jax.train import batch as B
 from rlpt_jax.train import state as S
 from rlpt_jax.train import steps as ST
 

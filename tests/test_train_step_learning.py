@@ -16,10 +16,10 @@ import pytest
 from flax import nnx
 
 from hf_fixtures import tiny_llama_config
+from rlpt_jax import batch as B
 from rlpt_jax.algos.advantages import grpo
 from rlpt_jax.algos.losses import PRESETS, LossConfig
 from rlpt_jax.models.decoder import init_model
-from rlpt_jax.train import batch as B
 from rlpt_jax.train import state as S
 from rlpt_jax.train import steps as ST
 

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from rlpt_jax.algos.tree_credit import CreditConfig, tree_credit
+from rlpt_jax.batch import RLBatch, bucket_length, make_batch, pad_batch
 from rlpt_jax.rewards.qa import at2po_reward
 from rlpt_jax.rollout.policy import Policy, SampleSpec
 from rlpt_jax.rollout.tree import Tree, TreeConfig, TreeRollout, flatten, release_rows
-from rlpt_jax.train.batch import RLBatch, bucket_length, make_batch, pad_batch
 
 
 def question_prompt(policy: Policy, question: str, system_prompt: str | None) -> list[int]:

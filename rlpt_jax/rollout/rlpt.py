@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from rlpt_jax.algos.advantages import AdvantageConfig, group_advantages
+from rlpt_jax.batch import RLBatch, bucket_length, make_batch, pad_batch
 from rlpt_jax.data.tasks import Task, extract_prediction
 from rlpt_jax.rewards.judges import Judge
 from rlpt_jax.rollout.policy import Completion, Policy, SampleSpec
-from rlpt_jax.train.batch import RLBatch, bucket_length, make_batch, pad_batch
 
 
 @dataclasses.dataclass

@@ -181,7 +181,7 @@ def run(
 
 def _compile_report(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> None:
     """Lower and compile the update step on abstract inputs; print XLA's memory analysis."""
-    from rlpt_jax.train.batch import RLBatch
+    from rlpt_jax.batch import RLBatch
     from rlpt_jax.train.state import create_train_state, make_optimizer, train_state_shardings
     from rlpt_jax.train.steps import StepConfig, make_update_step, policy_objective
 

@@ -39,12 +39,12 @@ from flax import nnx
 from tqdm import tqdm
 
 from rlpt_jax import assets, comparison, parallel
+from rlpt_jax import batch as batch_lib
 from rlpt_jax import checkpoint as ckpt_lib
 from rlpt_jax import metrics as metrics_lib
 from rlpt_jax.models.hf_io import export_hf, load_hf
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.rollout.policy import Policy, SampleSpec
-from rlpt_jax.train import batch as batch_lib
 from rlpt_jax.train import methods
 from rlpt_jax.train.experiment import ExperimentConfig, from_config_dict
 from rlpt_jax.train.state import (

@@ -19,13 +19,13 @@ from typing import Protocol
 import numpy as np
 from flax import nnx
 
+from rlpt_jax.batch import RLBatch, make_batch, pad_batch
 from rlpt_jax.data import pipeline
 from rlpt_jax.data import sft as sft_data
 from rlpt_jax.data.tasks import END_TAG
 from rlpt_jax.models import lm_eval
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.rollout.policy import Policy, SampleSpec
-from rlpt_jax.train.batch import RLBatch, make_batch, pad_batch
 from rlpt_jax.train.experiment import ExperimentConfig
 from rlpt_jax.train.steps import Objective, nll_objective, policy_objective
 

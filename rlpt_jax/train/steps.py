@@ -3,7 +3,7 @@
 Shape legend: B sequences, T tokens, D model width, V vocab, M micro-batches,
 C chunks of ``chunk`` tokens along T (C·chunk ≥ T).
 
-Log-prob alignment (see ``rlpt_jax.train.batch``): ``logp[b, t] = log π(tokens[b, t] |
+Log-prob alignment (see ``rlpt_jax.batch``): ``logp[b, t] = log π(tokens[b, t] |
 tokens[b, <t])`` within the token's segment; 0 where the token has no prediction (the
 first token of a segment, padding). The model's hidden state at t − 1 scores token t:
 position t of ``h`` is projected against ``tokens[:, t + 1]`` and the result shifted
@@ -35,8 +35,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlpt_jax.batch import RLBatch
 from rlpt_jax.models.decoder import logits_transposed, token_logprob_entropy
-from rlpt_jax.train.batch import RLBatch
 from rlpt_jax.train.state import TrainState
 
 Array = jax.Array

@@ -2,7 +2,7 @@
 
 Shape legend: B sequences, T tokens per sequence (padded to a bucket length).
 
-Alignment convention (used everywhere in ``rlpt_jax.train``): every array describes the
+Alignment convention (used by the rollouts and the training steps): every array describes the
 token *at* position t. ``old_logp[b, t]`` / ``ref_logp[b, t]`` / the step's ``logp[b, t]``
 are ``log π(tokens[b, t] | tokens[b, <t] of the same segment)``; ``loss_mask[b, t] = 1``
 marks tokens the policy generated (and is trained on), ``advantages[b, t]`` is that
