@@ -226,6 +226,12 @@ def test_bad_configs():
         LexicalConfig(threshold=0.0)
     with pytest.raises(ValueError, match="base_url"):
         HttpConfig(base_url="localhost:8000")
+    with pytest.raises(ValueError, match="deadline_s"):
+        HttpConfig(deadline_s=0)
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        HttpConfig(max_response_bytes=0)
+    with pytest.raises(ValueError, match="warn_unparseable_frac"):
+        JudgeConfig(warn_unparseable_frac=1.5)
     with pytest.raises(ValueError, match="reference_segments"):
         make_judge({}).score([("x", "a plain string")])
 
@@ -319,16 +325,60 @@ def test_http_judge_protocol_and_rewards(server):
     assert (c.judged, c.parsed, c.positive, c.failed_requests, c.retries) == (3, 3, 2, 0, 0)
 
 
-def test_http_judge_garbage_is_unparseable_not_retried(server):
+def test_http_judge_garbage_is_a_failure_not_retried(server):
+    """A reply that is not a chat completion is a failed request (issue 21); a chat reply
+    whose text has no verdict is unparseable. Neither is retried: the server answered."""
     answers = {1: "raw:<html>oops</html>", 2: 'raw:{"choices": []}', 3: "I refuse."}
     server.behaviour = lambda n, body: answers.get(n, "Score: 1")
     judge = http_judge(server.server_port, max_workers=1)
-    results = judge.score([("x y z", REFS)] * 4)
+    results = judge.score([("x y z", REFS)] * 4)  # 2/4 failed: not above 0.5, so scored
     assert [r.parsed for r in results] == [False, False, False, True]
     assert [r.reward for r in results] == [0.0, 0.0, 0.0, 1.0]
-    assert results[0].raw == "<html>oops</html>"
-    assert len(server.requests) == 4  # garbage is an answer: no retry
-    assert (judge.counters.unparseable, judge.counters.failed_requests) == (3, 0)
+    assert "not JSON" in results[0].raw and "<html>oops</html>" in results[0].raw
+    assert "not a chat completion" in results[1].raw
+    assert results[2].raw == "I refuse."
+    assert len(server.requests) == 4
+    assert (judge.counters.unparseable, judge.counters.failed_requests) == (1, 2)
+
+
+def test_unparseable_fraction_is_a_step_metric_and_a_warning(caplog):
+    """judge/unparseable_frac = unparseable / judged items of the step (issue 17 item 3);
+    above warn_unparseable_frac one warning per step shows an example reply, clipped."""
+    thinking = "<think>" + "Let me compare the two texts carefully. " * 100
+    generate = FakeGenerate(["Score: 1", thinking, "Score: 0", "no verdict"])
+    judge = make_judge(JudgeConfig(kind="generative", warn_unparseable_frac=0.4), generate=generate)
+    judge.score([("a", REFS)])  # an earlier step: not counted in the next one
+    before = judge.counters.as_dict()
+    generate.outputs = generate.outputs[1:]
+    with caplog.at_level("WARNING", logger="rlpt_jax.rewards.judges"):
+        metrics = judge.step_metrics(before)
+        assert metrics["judge/unparseable_frac"] == 0.0 and metrics["judge/judged"] == 0.0
+        assert not caplog.records  # a step that never reached the judge: zeros, no alarm
+        judge.score([("b", REFS), ("c", REFS), (None, REFS), ("d", REFS)])
+        metrics = judge.step_metrics(before)
+    assert metrics["judge/unparseable"] == 2.0 and metrics["judge/judged"] == 3.0
+    assert metrics["judge/unparseable_frac"] == pytest.approx(2 / 3)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "2 of 3 judged replies" in message and "disable_thinking" in message
+    assert "'no verdict'" in message  # the latest example, whole when it is short
+    assert len(message) < 1200  # a long thinking reply would have been clipped
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rlpt_jax.rewards.judges"):
+        judge.step_metrics(judge.counters.as_dict())
+    assert not caplog.records
+
+
+def test_unparseable_example_is_clipped(caplog):
+    generate = FakeGenerate(["<think>" + "x" * 10_000])
+    judge = make_judge(JudgeConfig(kind="generative"), generate=generate)
+    before = judge.counters.as_dict()
+    judge.score([("a", REFS)])
+    with caplog.at_level("WARNING", logger="rlpt_jax.rewards.judges"):
+        judge.step_metrics(before)
+    message = caplog.records[0].getMessage()
+    assert "'<think>xxx" in message and "(10007 characters)" in message
+    assert len(message) < 1200
 
 
 def test_http_judge_retries_transient_errors(server):

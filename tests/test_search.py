@@ -228,3 +228,8 @@ def test_http_config_validation():
         HttpRetrieverConfig(url="http://x", retries=-1)
     with pytest.raises(ValueError, match="timeout_s"):
         HttpRetrieverConfig(url="http://x", timeout_s=0)
+    with pytest.raises(ValueError, match="deadline_s"):
+        HttpRetrieverConfig(url="http://x", deadline_s=-1.0)
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        HttpRetrieverConfig(url="http://x", max_response_bytes=0)
+    assert HttpRetrieverConfig(url="http://x", timeout_s=3.0).request_deadline_s == 6.0

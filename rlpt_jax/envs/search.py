@@ -14,16 +14,15 @@ top 3 passages each cut to 1000 characters (:func:`format_results`, both configu
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+from rlpt_jax import net
 
 __all__ = [
     "Passage",
@@ -186,6 +185,10 @@ class HttpRetrieverConfig:
 
     ``retries`` is the number of retries after the first attempt, so a dead server is
     tried ``retries + 1`` times, waiting ``backoff_s * backoff_factor**i`` before retry i.
+    ``timeout_s`` bounds each socket operation and ``deadline_s`` a whole attempt,
+    however slowly the server sends (``None``: twice ``timeout_s``). An answer over
+    ``max_response_bytes`` fails (default 16 MiB: a batch of a few hundred queries with
+    top-3 passages is a few MB).
     """
 
     url: str
@@ -193,6 +196,8 @@ class HttpRetrieverConfig:
     retries: int = 3
     backoff_s: float = 0.5
     backoff_factor: float = 2.0
+    deadline_s: float | None = None
+    max_response_bytes: int = 16 << 20
 
     def __post_init__(self):
         if not self.url.startswith(("http://", "https://")):
@@ -206,16 +211,37 @@ class HttpRetrieverConfig:
                 "HttpRetrieverConfig needs backoff_s >= 0 and backoff_factor >= 1, got "
                 f"{self.backoff_s}, {self.backoff_factor}"
             )
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(
+                f"HttpRetrieverConfig.deadline_s must be > 0 (or None), got {self.deadline_s}"
+            )
+        if self.max_response_bytes < 1:
+            raise ValueError(
+                "HttpRetrieverConfig.max_response_bytes must be >= 1, got "
+                f"{self.max_response_bytes}"
+            )
+
+    @property
+    def endpoint(self) -> str:
+        return self.url.rstrip("/") + "/retrieve"
+
+    @property
+    def request_deadline_s(self) -> float:
+        """The deadline of one attempt: ``deadline_s``, or twice ``timeout_s``."""
+        return 2 * self.timeout_s if self.deadline_s is None else self.deadline_s
 
 
 class HttpRetriever:
-    """Search-R1 retrieval-server client (stdlib ``urllib``, no extra dependency).
+    """Search-R1 retrieval-server client (stdlib, through :func:`rlpt_jax.net.post_json`:
+    a deadline, a size cap, bounded JSON, no redirects).
 
     Request: ``{"queries": [...], "topk": k, "return_scores": true}``. Response:
     ``{"result": [[{"document": {"contents": "\\"Title\\"\\ntext"}, "score": s}, …], …]}``.
-    Connection errors, timeouts and HTTP 5xx/429 are retried with exponential backoff;
-    a 4xx or a malformed response fails at once. After the last try a
-    :class:`RetrievalError` is raised. ``attempts`` counts every HTTP attempt made.
+    Connection errors, timeouts, the deadline and the transient statuses
+    (:data:`rlpt_jax.net.TRANSIENT_STATUS`: 408/425/429/500/502/503/504) are retried with
+    exponential backoff; a redirect, another 4xx or a malformed, oversized or too deeply
+    nested response fails at once. After the last try a :class:`RetrievalError` is
+    raised. ``attempts`` counts every HTTP attempt made.
     """
 
     def __init__(self, config: HttpRetrieverConfig, sleep: Callable[[float], None] = time.sleep):
@@ -229,41 +255,51 @@ class HttpRetriever:
             raise ValueError(f"topk must be >= 1, got {topk}")
         if not queries:
             return []
-        payload = json.dumps(
-            {"queries": [str(q) for q in queries], "topk": topk, "return_scores": True}
-        ).encode("utf-8")
-        body = self._post(payload)
-        return _parse_response(body, len(queries), topk)
+        payload = {"queries": [str(q) for q in queries], "topk": topk, "return_scores": True}
+        return _parse_response(self._post(payload), len(queries), topk)
 
-    def _post(self, payload: bytes) -> bytes:
+    def probe(self) -> None:
+        """One tiny query, so that a dead or wrong retriever URL stops the run at
+        start-up instead of scoring every search leaf as a tool error."""
+        try:
+            self.search(["probe"], topk=1)
+        except RetrievalError as e:
+            raise RetrievalError(
+                f"retriever {self.config.endpoint} did not answer the start-up probe: {e}; "
+                "start the server or fix search.url",
+                attempts=e.attempts,
+            ) from e
+
+    def _post(self, payload: dict[str, Any]) -> Any:
         cfg = self.config
-        url = cfg.url.rstrip("/") + "/retrieve"
+        url = cfg.endpoint
         last = "no attempt made"
         for attempt in range(cfg.retries + 1):
             if attempt:
                 self._sleep(cfg.backoff_s * cfg.backoff_factor ** (attempt - 1))
             self.attempts += 1
-            request = urllib.request.Request(
-                url, data=payload, headers={"Content-Type": "application/json"}, method="POST"
-            )
             try:
-                with urllib.request.urlopen(request, timeout=cfg.timeout_s) as response:
-                    return response.read()
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code} from {url}"
-                if e.code < 500 and e.code != 429:
+                return net.post_json(
+                    url,
+                    payload,
+                    timeout_s=cfg.timeout_s,
+                    deadline_s=cfg.request_deadline_s,
+                    max_bytes=cfg.max_response_bytes,
+                )
+            except net.HTTPFailure as e:
+                last = f"{e.reason} from {url}"
+                if not e.retryable:
                     raise RetrievalError(last, attempts=attempt + 1) from e
-            except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
-                last = f"{type(e).__name__} from {url}: {e}"
         raise RetrievalError(
             f"retrieval failed after {cfg.retries + 1} attempts: {last}", attempts=cfg.retries + 1
         )
 
 
-def _parse_response(body: bytes, n_queries: int, topk: int) -> list[list[Passage]]:
-    """Passages from a Search-R1 server response; :class:`RetrievalError` if malformed."""
+def _parse_response(answer: Any, n_queries: int, topk: int) -> list[list[Passage]]:
+    """Passages from a Search-R1 server's parsed JSON; :class:`RetrievalError` if
+    malformed."""
     try:
-        result = json.loads(body.decode("utf-8"))["result"]
+        result = answer["result"]
         if not isinstance(result, list) or len(result) != n_queries:
             raise ValueError(f"expected {n_queries} result lists, got {type(result).__name__}")
         out = []
@@ -274,8 +310,8 @@ def _parse_response(body: bytes, n_queries: int, topk: int) -> list[list[Passage
                 passages.append(Passage(title, text, float(hit.get("score", 0.0))))
             out.append(passages)
         return out
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise RetrievalError(f"malformed retrieval response: {e}") from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RetrievalError(f"malformed retrieval response: {e!r}") from e
 
 
 def _split_contents(contents: str) -> tuple[str, str]:

@@ -20,8 +20,9 @@ Kinds (:func:`make_judge`, selected by a plain dict):
 * ``"generative"``: a language model called through an injected
   ``generate(prompts) -> outputs`` function (the project's sampler).
 * ``"http"``: an OpenAI-compatible chat-completions server (vLLM, SGLang, ...),
-  concurrent requests with timeout and retries; raises :class:`JudgeUnavailableError`
-  when the server is down rather than silently rewarding 0.
+  concurrent requests with a deadline and retries (:mod:`rlpt_jax.net`); raises
+  :class:`JudgeUnavailableError` when the server is down or answers garbage rather than
+  silently rewarding 0.
 * ``"lexical"``: a deterministic offline approximation for tests and CPU smoke runs.
 """
 
@@ -31,21 +32,23 @@ import abc
 import collections
 import concurrent.futures
 import dataclasses
-import http.client as http_client
-import json
+import logging
 import os
 import re
 import time
 import unicodedata
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
+from typing import Any
+
+from rlpt_jax import net
 
 JUDGE_KINDS = ("generative", "http", "lexical")
 JUDGE_MODES = ("prefix", "strict")
 
 JudgeItem = tuple[str | None, Sequence[str]]
 Message = dict[str, str]
+
+log = logging.getLogger(__name__)
 
 PREFIX_PROMPT = (
     "You are checking a text prediction against the real continuation of a document.\n"
@@ -79,7 +82,8 @@ STRICT_PROMPT = (
 
 
 class JudgeUnavailableError(RuntimeError):
-    """The judge server could not be reached for (most of) a batch, after retries."""
+    """The judge server could not be reached, or gave no usable answer, for (most of) a
+    batch after retries; or it did not answer the start-up probe."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +121,14 @@ class HttpConfig:
       model: Model name the server serves (required for ``kind="http"``).
       temperature: Sampling temperature (default 0: a deterministic verdict).
       max_tokens: Response budget (default 1024, room for a thinking judge).
-      timeout_s: Per-request socket timeout in seconds (default 120).
-      max_retries: Retries after the first attempt on connection errors, timeouts and
-        HTTP 408/429/5xx (default 4). Other HTTP errors are not retried.
+      timeout_s: Longest wait for one socket operation, in seconds (default 120).
+      deadline_s: Longest time for one whole request, in seconds, however the server
+        trickles its answer (default ``None``: twice ``timeout_s``).
+      max_response_bytes: A larger answer is a failed request (default 4 MiB; a
+        verdict is a few KB).
+      max_retries: Retries after the first attempt on connection errors, timeouts, the
+        deadline and HTTP 408/425/429/500/502/503/504 (default 4). Other HTTP errors,
+        redirects and garbage answers are not retried.
       backoff_s: First retry delay; doubles each retry (default 1 s).
       max_backoff_s: Cap on one delay (default 30 s).
       max_workers: Concurrent requests (default 16).
@@ -128,6 +137,12 @@ class HttpConfig:
         in which every request failed always raises.
       api_key_env: Name of an environment variable holding a bearer token, sent as
         ``Authorization`` when set (default ``None``: no header, as for local servers).
+        Redirects are never followed, so the token only goes to ``base_url``.
+      disable_thinking: Send ``chat_template_kwargs: {"enable_thinking": false}``
+        (default True), which vLLM and SGLang pass to the chat template: a thinking
+        judge (Qwen3) then answers at once instead of spending ``max_tokens`` on
+        reasoning and being cut off before its verdict. Set False for servers that
+        reject unknown request fields.
     """
 
     base_url: str = "http://127.0.0.1:8000"
@@ -135,12 +150,15 @@ class HttpConfig:
     temperature: float = 0.0
     max_tokens: int = 1024
     timeout_s: float = 120.0
+    deadline_s: float | None = None
+    max_response_bytes: int = 4 << 20
     max_retries: int = 4
     backoff_s: float = 1.0
     max_backoff_s: float = 30.0
     max_workers: int = 16
     max_failure_fraction: float = 0.5
     api_key_env: str | None = None
+    disable_thinking: bool = True
 
     def __post_init__(self):
         if not self.base_url.startswith(("http://", "https://")):
@@ -151,6 +169,10 @@ class HttpConfig:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(f"deadline_s must be > 0 (or None), got {self.deadline_s}")
+        if self.max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be >= 1, got {self.max_response_bytes}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
@@ -168,6 +190,15 @@ class HttpConfig:
     def url(self) -> str:
         return self.base_url.rstrip("/") + "/v1/chat/completions"
 
+    @property
+    def models_url(self) -> str:
+        return self.base_url.rstrip("/") + "/v1/models"
+
+    @property
+    def request_deadline_s(self) -> float:
+        """The deadline of one request: ``deadline_s``, or twice ``timeout_s``."""
+        return 2 * self.timeout_s if self.deadline_s is None else self.deadline_s
+
 
 @dataclasses.dataclass(frozen=True)
 class JudgeConfig:
@@ -180,6 +211,9 @@ class JudgeConfig:
         ``s_i`` alone; the ablation).
       unparseable_reward: Reward when the judge's output has no ``Score: 0|1`` or the
         request failed (default 0.0 [ours]).
+      warn_unparseable_frac: Log a warning, with an example reply, for every step in
+        which more than this share of judged items had no verdict (default 0.1 [ours]);
+        the share is logged as ``judge/unparseable_frac`` either way.
       missing_prediction_reward: Reward when the policy gave no tagged prediction
         (default 0.0 [ours; the paper is silent]).
       prompt_template: Question for model judges, with ``{reference}`` and
@@ -193,6 +227,7 @@ class JudgeConfig:
     kind: str = "lexical"
     mode: str = "prefix"
     unparseable_reward: float = 0.0
+    warn_unparseable_frac: float = 0.1
     missing_prediction_reward: float = 0.0
     prompt_template: str | None = None
     lexical: LexicalConfig = dataclasses.field(default_factory=LexicalConfig)
@@ -203,6 +238,10 @@ class JudgeConfig:
             raise ValueError(_unknown_kind(self.kind))
         if self.mode not in JUDGE_MODES:
             raise ValueError(f"unknown judge mode {self.mode!r}; valid modes: {list(JUDGE_MODES)}")
+        if not 0.0 <= self.warn_unparseable_frac <= 1.0:
+            raise ValueError(
+                f"warn_unparseable_frac must be in [0, 1], got {self.warn_unparseable_frac}"
+            )
         if self.kind == "http" and not self.http.model:
             raise ValueError("judge kind 'http' needs http.model (the served model's name)")
         if self.prompt_template is not None:
@@ -304,12 +343,52 @@ def judge_prompt(
     return template.format(reference=reference, predicted=predicted)
 
 
+def _clip(text: str, head: int = 240, tail: int = 120) -> str:
+    """``text`` for a log line: its start and end when long (a reply cut off mid-thought
+    shows where it began and where it stopped)."""
+    if len(text) <= head + tail:
+        return repr(text)
+    return f"{text[:head]!r} ... {text[-tail:]!r} ({len(text)} characters)"
+
+
 class Judge(abc.ABC):
     """Shared scoring logic; backends implement :meth:`_judge`."""
 
     def __init__(self, config: JudgeConfig):
         self.config = config
         self.counters = JudgeCounters()
+        self.unparseable_example: str | None = None  # the latest reply without a verdict
+
+    def probe(self) -> None:
+        """Check at start-up that the judge can answer; local judges always can."""
+        return None
+
+    def step_metrics(self, before: dict[str, int]) -> dict[str, float]:
+        """``judge/*`` metrics of one step: each counter's change since ``before`` (a
+        :meth:`JudgeCounters.as_dict`, so a resumed run logs what a fresh one would;
+        zeros included, so a step that never reached the judge shows it) and
+        ``judge/unparseable_frac``, the share of judged items without a verdict. Above
+        ``warn_unparseable_frac`` that share is also a warning with an example reply:
+        rewards of 0 for want of a verdict look like a policy that learns nothing."""
+        after = self.counters.as_dict()
+        metrics = {f"judge/{k}": float(after[k] - before.get(k, 0)) for k in after}
+        judged, unparseable = metrics["judge/judged"], metrics["judge/unparseable"]
+        frac = unparseable / judged if judged else 0.0
+        metrics["judge/unparseable_frac"] = frac
+        if frac > self.config.warn_unparseable_frac:
+            log.warning(
+                "judge: %d of %d judged replies this step had no `Score: 0|1` verdict "
+                "(%.0f%% > warn_unparseable_frac=%g) and were rewarded %g. A thinking judge "
+                "cut off by max_tokens does this: keep judge.http.disable_thinking=True on "
+                "a server that supports it, or raise judge.http.max_tokens. Example reply: %s",
+                unparseable,
+                judged,
+                100 * frac,
+                self.config.warn_unparseable_frac,
+                self.config.unparseable_reward,
+                _clip(self.unparseable_example or ""),
+            )
+        return metrics
 
     def score(self, batch: Sequence[JudgeItem]) -> list[JudgeResult]:
         """Rewards for ``(predicted, reference_segments)`` items, in input order."""
@@ -345,6 +424,7 @@ class Judge(abc.ABC):
             counters.failed_requests += 1
         elif verdict is None:
             counters.unparseable += 1
+            self.unparseable_example = reply.raw
         if verdict is None:
             return JudgeResult(self.config.unparseable_reward, parsed=False, raw=reply.raw)
         counters.parsed += 1
@@ -390,17 +470,18 @@ class GenerativeJudge(Judge):
         return [Reply(raw=str(out), content=str(out)) for out in outputs]
 
 
-_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
 class HttpJudge(Judge):
     """A judge served behind ``POST {base_url}/v1/chat/completions`` (stdlib only).
 
-    Requests run concurrently (``max_workers`` threads). A request is retried on
-    connection errors, timeouts and HTTP 408/425/429/5xx with exponential backoff
-    (``backoff_s * 2**attempt``, capped); after ``max_retries`` retries it counts as
-    failed (reward ``unparseable_reward``). A response that is not chat-completions
-    JSON is garbage: unparseable, counted, not retried (the server answered).
+    Requests run concurrently (``max_workers`` threads), each within a deadline and a
+    size cap and without following redirects (:func:`rlpt_jax.net.post_json`). A request
+    is retried on connection errors, timeouts, the deadline and HTTP
+    408/425/429/500/502/503/504 with exponential backoff (``backoff_s * 2**attempt``,
+    capped); after ``max_retries`` retries it counts as failed (reward
+    ``unparseable_reward``). An answer that is not a chat completion
+    with text content (HTML, another schema, ``content: null``, too large, too deep) is
+    a failed request too, not retried: the server answered, and again would answer the
+    same. Only a well-formed reply whose text has no verdict is *unparseable*.
     If all requests of a batch failed, or more than ``max_failure_fraction`` of them,
     the server is considered down and :class:`JudgeUnavailableError` is raised after
     the counters are updated: training on all-zero rewards would be silent corruption.
@@ -411,6 +492,35 @@ class HttpJudge(Judge):
         if not config.http.model:
             raise ValueError("HttpJudge needs http.model (the served model's name)")
         self._sleep = sleep
+
+    def probe(self) -> None:
+        """``GET {base_url}/v1/models`` once, so that a wrong URL, a dead server, a
+        rejected key or a model the server does not serve stops the run at start-up
+        rather than after its first rollout (or never, if no prediction reaches the
+        judge). A server without that endpoint (HTTP 404/405) passes."""
+        http = self.config.http
+        limit = min(http.timeout_s, 30.0)
+        try:
+            listing = net.get_json(
+                http.models_url,
+                self._headers(),
+                timeout_s=limit,
+                deadline_s=min(http.request_deadline_s, 2 * limit),
+                max_bytes=http.max_response_bytes,
+            )
+        except net.HTTPFailure as e:
+            if e.status in (404, 405):
+                return
+            raise JudgeUnavailableError(
+                f"judge server did not answer the start-up probe: {e}; start it, or fix "
+                "judge.http.base_url (and judge.http.api_key_env if it needs a key)"
+            ) from e
+        served = _served_models(listing)
+        if served is not None and http.model not in served:
+            raise JudgeUnavailableError(
+                f"judge server {http.models_url} does not serve model {http.model!r}; it "
+                f"serves {sorted(served)}: set judge.http.model to one of them"
+            )
 
     def _judge(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
         http = self.config.http
@@ -434,53 +544,78 @@ class HttpJudge(Judge):
         return replies
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+        headers = {}
         key_env = self.config.http.api_key_env
         if key_env and os.environ.get(key_env):
             headers["Authorization"] = f"Bearer {os.environ[key_env]}"
         return headers
 
+    def _payload(self, prompt: str) -> dict[str, Any]:
+        http = self.config.http
+        payload = {
+            "model": http.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": http.temperature,
+            "max_tokens": http.max_tokens,
+        }
+        if http.disable_thinking:
+            payload["chat_template_kwargs"] = {"enable_thinking": False}
+        return payload
+
     def _request(self, prompt: str) -> Reply:
         http = self.config.http
-        body = json.dumps(
-            {
-                "model": http.model,
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": http.temperature,
-                "max_tokens": http.max_tokens,
-            }
-        ).encode("utf-8")
+        payload = self._payload(prompt)
         error = ""
         for attempt in range(http.max_retries + 1):
             if attempt:
                 self._sleep(min(http.backoff_s * 2 ** (attempt - 1), http.max_backoff_s))
-            request = urllib.request.Request(
-                http.url, data=body, headers=self._headers(), method="POST"
-            )
             try:
-                with urllib.request.urlopen(request, timeout=http.timeout_s) as response:
-                    payload = response.read()
-            except urllib.error.HTTPError as e:
-                error = f"HTTP {e.code} {e.reason}"
-                if e.code not in _RETRY_STATUS:
+                answer = net.post_json(
+                    http.url,
+                    payload,
+                    self._headers(),
+                    timeout_s=http.timeout_s,
+                    deadline_s=http.request_deadline_s,
+                    max_bytes=http.max_response_bytes,
+                )
+                content = completion_text(answer, http.url)
+            except net.HTTPFailure as e:
+                error = e.reason
+                if e.status == 400 and http.disable_thinking:
+                    error += (
+                        " (if the server rejects chat_template_kwargs, set "
+                        "judge.http.disable_thinking=False)"
+                    )
+                if not e.retryable:
                     return Reply(raw=error, content=None, failed=True, retries=attempt)
                 continue
-            except (OSError, http_client.HTTPException) as e:  # URLError, timeouts, resets
-                error = f"{type(e).__name__}: {e}"
-                continue
-            return _parse_completion(payload, retries=attempt)
+            return Reply(raw=content, content=content, retries=attempt)
         return Reply(raw=error, content=None, failed=True, retries=http.max_retries)
 
 
-def _parse_completion(payload: bytes, retries: int) -> Reply:
-    text = payload.decode("utf-8", errors="replace")
+def completion_text(answer: Any, url: str) -> str:
+    """The text of a chat-completions answer (``choices[0].message.content``); an answer
+    without it is a failed request (:class:`rlpt_jax.net.HTTPFailure`), never a reply."""
     try:
-        content = json.loads(text)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return Reply(raw=text, content=None, retries=retries)
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        content = None
     if not isinstance(content, str):
-        return Reply(raw=text, content=None, retries=retries)
-    return Reply(raw=content, content=content, retries=retries)
+        shape = f"content {content!r:.80}" if content is not None else "no text content"
+        raise net.HTTPFailure(
+            f"answer is not a chat completion with text ({shape}; want choices[0].message"
+            f".content as a string): {_clip(str(answer)[:400])}",
+            url,
+        )
+    return content
+
+
+def _served_models(listing: Any) -> set[str] | None:
+    """Model ids of an OpenAI ``/v1/models`` listing; ``None`` when it is not one."""
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        return None
+    return {m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
 
 
 _PUNCT = re.compile(r"[^\w\s]+")
