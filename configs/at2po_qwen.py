@@ -151,12 +151,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.path = "embedded"
         c.model.dtype = "float32"
         c.model.remat = True  # a 16x256 float32 step peaks at ~14 GB without remat
-        c.mesh = dict(data=-1, fsdp=1, tensor=1)
+        # Fields are set one by one, never by replacing a dict, so that every field of
+        # the base stays overridable from the command line.
+        c.mesh.update(data=-1, fsdp=1, tensor=1)
         c.search.backend = "bm25"
+        c.search.url = placeholder(str)  # a URL is an error with bm25: set backend=http too
         c.rollout.prompts_per_step = 2 if cpu else 1
         c.rollout.max_prompt_tokens = 512
         c.rollout.cache_dtype = "float32"
-        c.tree = dict(
+        c.tree.update(
             num_chains=3 if cpu else 2,
             rounds=1,
             picks=2 if cpu else 1,
@@ -179,7 +182,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ntp_seq_len=256,
             ntp_batch_size=2,
         )
-        c.eval = dict(
+        c.eval.update(
             every=3 if cpu else 2,
             num_prompts=32 if cpu else 1,
             ntp_docs=0,

@@ -76,9 +76,19 @@ def base() -> ml_collections.ConfigDict:
         kind="http",
         mode="prefix",
         unparseable_reward=0.0,
+        # [ours] warn (with an example reply) when more than this share has no verdict
+        warn_unparseable_frac=0.1,
         missing_prediction_reward=0.0,
         http=dict(
-            base_url="http://127.0.0.1:8000", model="Qwen3-32B", max_tokens=1024, max_workers=64
+            base_url="http://127.0.0.1:8000",
+            model="Qwen3-32B",
+            max_tokens=1024,
+            max_workers=64,
+            # [ours] chat_template_kwargs enable_thinking=false (vLLM/SGLang): a thinking
+            # judge cut off at max_tokens has no verdict. False for servers that reject it.
+            disable_thinking=True,
+            deadline_s=placeholder(float),  # None: twice timeout_s per request
+            max_response_bytes=4 << 20,
         ),
     )
     c.judge_model_path = placeholder(str)
@@ -134,19 +144,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "qwen3_8b"
     c = base()
     if variant == "qwen3_8b":
-        c.mesh = dict(data=1, fsdp=8, tensor=1)  # one host, 8 GPUs
+        c.mesh.update(data=1, fsdp=8, tensor=1)  # one host, 8 GPUs
         c.model.arch = "qwen3-8b"
     elif variant == "qwen3_8b_tpu":
-        c.mesh = dict(data=-1, fsdp=16, tensor=1)  # v5p slice: fsdp within, data across
+        c.mesh.update(data=-1, fsdp=16, tensor=1)  # v5p slice: fsdp within, data across
         c.model.arch = "qwen3-8b"
     elif variant == "qwen3_4b":
-        c.mesh = dict(data=1, fsdp=8, tensor=1)
+        c.mesh.update(data=1, fsdp=8, tensor=1)
         c.model.arch = "qwen3-4b"
     elif variant in ("cpu", "tiny"):
         c.model.path = "embedded"
         c.model.dtype = "float32"
         c.model.remat = True  # a 16x256 float32 step peaks at ~14 GB without remat
-        c.mesh = dict(data=-1, fsdp=1, tensor=1)
+        # Fields are set one by one, never by replacing a dict, so that every field of
+        # the base stays overridable (--config.judge.http.* included).
+        c.mesh.update(data=-1, fsdp=1, tensor=1)
         c.corpus.limit = 400 if variant == "cpu" else 40
         c.clean.min_chars = 200
         c.segments.context_max_tokens = 96
@@ -155,7 +167,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # The offline stand-in for the semantic judge. A 135M model rarely reaches the
         # binary F1 >= 0.6 verdict, so the CPU run rewards the F1 itself (graded): it
         # varies within groups, so GRPO has a signal. Accuracy is still the verdict.
-        c.judge = dict(kind="lexical", mode="prefix", lexical=dict(graded=variant == "cpu"))
+        c.judge.kind = "lexical"
+        c.judge.lexical = dict(graded=variant == "cpu")
         c.rollout.prompts_per_step = 2 if variant == "cpu" else 2
         c.rollout.samples_per_prompt = 4 if variant == "cpu" else 2
         # room for the tags and a whole sentence (~40 tokens after the cold start)
@@ -169,7 +182,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.logprob_chunk = 256
         c.train.ntp_seq_len = 256
         c.train.ntp_batch_size = 8 if variant == "cpu" else 2
-        c.eval = dict(
+        c.eval.update(
             every=8 if variant == "cpu" else 2,  # cpu: before (at_start) and after RL
             num_prompts=32 if variant == "cpu" else 2,
             ntp_docs=8 if variant == "cpu" else 2,

@@ -17,6 +17,7 @@ from rlpt_jax.data.corpus import (
     read_jsonl,
     read_text_dir,
 )
+from rlpt_jax.data.jsonl import SkippedDataWarning
 
 # --- readers -------------------------------------------------------------------------
 
@@ -28,14 +29,18 @@ def test_text_dir_skips_and_counts_bad_files(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
     (tmp_path / "blank.txt").write_text("  \n", encoding="utf-8")
     (tmp_path / "notes.md").write_text("not a .txt file", encoding="utf-8")
-    docs, report = read_text_dir(tmp_path)
+    with pytest.warns(SkippedDataWarning, match="skipped 2"):
+        docs, report = read_text_dir(tmp_path)
     assert docs == [
         Document("b.txt", "Second document.", str(tmp_path / "b.txt")),
         Document("sub/a.txt", "Première, in a subfolder.", str(tmp_path / "sub" / "a.txt")),
     ]
-    assert report.skipped == {"non_utf8_file": 1, "empty_document": 1}
-    assert report.skipped_files == [str(tmp_path / "latin1.txt")]
-    assert (report.files_read, report.documents) == (3, 2)
+    assert report.skipped == {"not_utf8": 1, "empty_document": 1}
+    assert report.skips.examples == [
+        f"{tmp_path / 'blank.txt'}: empty_document",
+        f"{tmp_path / 'latin1.txt'}: not_utf8 (byte 0xe9 at offset 3)",
+    ]
+    assert (report.files_read, report.documents) == (4, 2)
 
 
 def test_jsonl_reader_fields_and_bad_lines(tmp_path):
@@ -51,18 +56,20 @@ def test_jsonl_reader_fields_and_bad_lines(tmp_path):
     ]
     (tmp_path / "part-0.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "part-1.jsonl").write_bytes(b'{"body": "\xff\xfe broken"}\n')
-    docs, report = read_jsonl(tmp_path, text_field="body")
+    with pytest.warns(SkippedDataWarning, match="skipped 6"):
+        docs, report = read_jsonl(tmp_path, text_field="body")
     assert [(d.id, d.text) for d in docs] == [
         ("x1", "First text."),
         ("part-0.jsonl:8", "No id here."),
     ]
     assert report.skipped == {
-        "bad_json_line": 2,
+        "bad_json": 1,
+        "not_object": 1,
         "missing_text": 2,
         "empty_document": 1,
-        "non_utf8_file": 1,
+        "not_utf8": 1,
     }
-    assert report.skipped_files == [str(tmp_path / "part-1.jsonl")]
+    assert report.skips.examples[1] == f"{tmp_path / 'part-0.jsonl'}:4: not_object"
     # A single file works too, through the config.
     docs, _ = load_corpus(
         CorpusConfig(kind="jsonl", path=str(tmp_path / "part-0.jsonl"), text_field="body")
@@ -74,7 +81,7 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(EmptyCorpusError, match="no documents in text folder"):
         read_text_dir(tmp_path)
     (tmp_path / "only.txt").write_bytes(b"\xff\xfe\xfd")
-    with pytest.raises(EmptyCorpusError, match="non_utf8_file"):
+    with pytest.raises(EmptyCorpusError, match=r"only\.txt: not_utf8"):
         read_text_dir(tmp_path)
     (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
     with pytest.raises(EmptyCorpusError, match="no documents in jsonl corpus"):

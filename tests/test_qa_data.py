@@ -9,6 +9,7 @@ import json
 import pytest
 
 from rlpt_jax.data import qa
+from rlpt_jax.data.jsonl import SkippedDataWarning
 from rlpt_jax.data.qa import (
     EMBEDDED_DATASET,
     MASK,
@@ -25,6 +26,9 @@ from rlpt_jax.data.qa import (
     write_qa_jsonl,
 )
 from rlpt_jax.rewards.qa import normalize_answer
+
+# The toy file's broken lines warn on every load; the first test checks that warning.
+pytestmark = pytest.mark.filterwarnings("ignore::rlpt_jax.data.jsonl.SkippedDataWarning")
 
 # ----------------------------------------------------------------------------- jsonl
 
@@ -52,7 +56,8 @@ def toy_file(tmp_path):
 
 
 def test_jsonl_good_and_malformed_lines(toy_file):
-    examples, report = load_qa_jsonl(toy_file)
+    with pytest.warns(SkippedDataWarning, match=rf"skipped 8 .*{toy_file}:5: bad_json"):
+        examples, report = load_qa_jsonl(toy_file)
     assert examples == [
         QAExample("q1", "Who wrote Hamlet?", ("William Shakespeare",), "toy"),
         QAExample("toy-2", "Capital of France?", ("Paris",), "toy"),
@@ -72,6 +77,10 @@ def test_jsonl_good_and_malformed_lines(toy_file):
     }
     assert report.num_skipped == 8
     assert report.skipped_lines == (4, 5, 6, 7, 8, 9, 10, 11)
+    assert report.examples[:2] == (
+        f"{toy_file}:4: empty",
+        f"{toy_file}:5: bad_json (Expecting ',' delimiter at column 1)",
+    )
 
 
 def test_jsonl_dataset_name(toy_file, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from hf_fixtures import tiny_llama_config
 from rlpt_jax.batch import make_batch
 from rlpt_jax.data import sft
+from rlpt_jax.data.jsonl import SkippedDataWarning
 from rlpt_jax.models.decoder import init_model
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.train.state import create_train_state
@@ -99,7 +100,8 @@ def test_chat_jsonl_counts_bad_lines(tmp_path):
         "",
     ]
     path.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe\n")
-    convs, report = sft.load_chat_jsonl(path)
+    with pytest.warns(SkippedDataWarning, match=r"skipped 4 \(bad_conversation: 2"):
+        convs, report = sft.load_chat_jsonl(path)
     assert convs == [CONVERSATION[1:3]]
     assert report.read == 5 and report.skipped == 4
     assert any("no assistant" in e for e in report.examples)

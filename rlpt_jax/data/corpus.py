@@ -1,10 +1,11 @@
 """Raw text corpora for RLPT: documents read from disk or from the embedded assets.
 
-A corpus is a list of :class:`Document`. Readers never crash on one bad file: a file
-that is not valid UTF-8, a malformed JSON line or a record without text is skipped and
-*counted* in a :class:`ReadReport`, so the caller can see (and log) what was lost. A
-corpus with no documents at all is an error (:class:`EmptyCorpusError`): training on
-nothing is never what was meant.
+A corpus is a list of :class:`Document`. Readers never crash on one bad document, and
+one bad document never costs more than itself: a ``.txt`` file that is not valid UTF-8,
+a jsonl line that is not UTF-8 or not JSON, or a record without text is skipped,
+*counted* by reason in a :class:`ReadReport` and announced in one warning with the first
+examples (file, line, reason). A corpus with no documents at all is an error
+(:class:`EmptyCorpusError`): training on nothing is never what was meant.
 
 Sources (``CorpusConfig.kind``):
 
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from rlpt_jax import assets
+from rlpt_jax.data.jsonl import BadLine, SkipLog, numbered_lines, parse_json_line
 
 
 class EmptyCorpusError(ValueError):
@@ -47,18 +48,16 @@ class Document:
 
 @dataclasses.dataclass
 class ReadReport:
-    """What a reader did: files read and everything it skipped, by reason."""
+    """What a reader did: files read, documents kept and everything it skipped."""
 
     files_read: int = 0
     documents: int = 0
-    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
-    skipped_files: list[str] = dataclasses.field(default_factory=list)
+    skips: SkipLog = dataclasses.field(default_factory=SkipLog)
 
-    def skip(self, reason: str, path: str | None = None) -> None:
-        """Counts one skipped item; remembers the file when a whole file was skipped."""
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        if path is not None:
-            self.skipped_files.append(path)
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Skipped documents (or lines) per reason."""
+        return self.skips.counts
 
 
 _KINDS = ("text_dir", "jsonl", "wiki", "array_record")
@@ -100,25 +99,35 @@ def _require_documents(docs: list[Document], what: str, report: ReadReport) -> N
     if not docs:
         raise EmptyCorpusError(
             f"no documents in {what} (files read: {report.files_read}, "
-            f"skipped: {report.skipped or 'none'})"
+            f"skipped: {report.skips.summary()})"
         )
 
 
-def _read_utf8(path: Path, report: ReadReport) -> str | None:
+def _finish(docs: list[Document], what: str, report: ReadReport) -> None:
+    """Records the document count, fails on an empty corpus, warns about skips."""
+    report.documents = len(docs)
+    _require_documents(docs, what, report)
+    report.skips.warn(f"{what} ({len(docs)} documents read)", stacklevel=4)
+
+
+def _text_document(file: Path) -> str:
+    """The UTF-8 text of a one-document file; ``BadLine`` when it cannot be used."""
+    data = file.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        report.skip("non_utf8_file", str(path))
-        return None
-    report.files_read += 1
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadLine("not_utf8", f"byte 0x{data[e.start]:02x} at offset {e.start}") from None
+    if not text.strip():
+        raise BadLine("empty_document")
     return text
 
 
 def read_text_dir(path: str | Path) -> tuple[list[Document], ReadReport]:
     """Reads every ``*.txt`` below ``path`` (sorted), one document per file.
 
-    The id is the file's path relative to ``path``. Non-UTF-8 files and files that are
-    empty after stripping whitespace are skipped and counted.
+    The id is the file's path relative to ``path``. Files that are not UTF-8
+    (``not_utf8``) or are empty after stripping whitespace (``empty_document``) are
+    skipped, counted and announced in a warning.
 
     Raises:
       FileNotFoundError: ``path`` is not a folder.
@@ -130,15 +139,14 @@ def read_text_dir(path: str | Path) -> tuple[list[Document], ReadReport]:
     report = ReadReport()
     docs = []
     for file in sorted(root.rglob("*.txt")):
-        text = _read_utf8(file, report)
-        if text is None:
-            continue
-        if not text.strip():
-            report.skip("empty_document")
+        report.files_read += 1
+        try:
+            text = _text_document(file)
+        except BadLine as e:
+            report.skips.add(e, file)
             continue
         docs.append(Document(id=file.relative_to(root).as_posix(), text=text, source=str(file)))
-    report.documents = len(docs)
-    _require_documents(docs, f"text folder {root}", report)
+    _finish(docs, f"text folder {root}", report)
     return docs, report
 
 
@@ -147,11 +155,11 @@ def read_jsonl(
 ) -> tuple[list[Document], ReadReport]:
     """Reads a ``.jsonl`` file, or every ``*.jsonl`` below a folder (sorted).
 
-    One document per line, text under ``text_field``. Skipped and counted: non-UTF-8
-    files (whole file), blank lines are ignored silently (they carry nothing), lines
-    that are not a JSON object (``bad_json_line``), records whose ``text_field`` is
-    missing or not a string (``missing_text``) and records with blank text
-    (``empty_document``).
+    One document per line, text under ``text_field``. Blank lines are ignored (they
+    carry nothing). Skipped, counted and announced in a warning, each costing its own
+    line only: lines that are not UTF-8 (``not_utf8``), not JSON (``bad_json``) or not
+    an object (``not_object``), records whose ``text_field`` is missing or not a string
+    (``missing_text``) and records with blank text (``empty_document``).
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
@@ -167,34 +175,34 @@ def read_jsonl(
     report = ReadReport()
     docs = []
     for file in files:
-        content = _read_utf8(file, report)
-        if content is None:
-            continue
+        report.files_read += 1
         name = file.relative_to(root).as_posix() if root.is_dir() else file.name
-        for line_no, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
+        for line_no, raw in numbered_lines(file):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                report.skip("bad_json_line")
-                continue
-            if not isinstance(record, dict):
-                report.skip("bad_json_line")
-                continue
-            text = record.get(text_field)
-            if not isinstance(text, str):
-                report.skip("missing_text")
-                continue
-            if not text.strip():
-                report.skip("empty_document")
+                record = parse_json_line(raw, line_no)
+                text = _record_text(record, text_field)
+            except BadLine as e:
+                report.skips.add(e, file, line_no)
                 continue
             doc_id = record.get(id_field)
             doc_id = str(doc_id) if doc_id is not None else f"{name}:{line_no}"
             docs.append(Document(id=doc_id, text=text, source=str(file)))
-    report.documents = len(docs)
-    _require_documents(docs, f"jsonl corpus {root}", report)
+    _finish(docs, f"jsonl corpus {root}", report)
     return docs, report
+
+
+def _record_text(record: object, text_field: str) -> str:
+    """The document text of one parsed jsonl record; ``BadLine`` when there is none."""
+    if not isinstance(record, dict):
+        raise BadLine("not_object")
+    text = record.get(text_field)
+    if not isinstance(text, str):
+        raise BadLine("missing_text", f"no string field {text_field!r}")
+    if not text.strip():
+        raise BadLine("empty_document")
+    return text
 
 
 def read_wiki_intros() -> tuple[list[Document], ReadReport]:

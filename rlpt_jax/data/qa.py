@@ -5,8 +5,9 @@ Every source yields :class:`QAExample` ``(id, question, golden_answers, dataset)
 :mod:`rlpt_jax.rewards.qa`).
 
 * :func:`load_qa_jsonl` / :func:`write_qa_jsonl` — FlashRAG's format, one JSON object
-  per line with ``question`` and ``golden_answers``. Malformed lines are skipped and
-  counted by reason in a :class:`QALoadReport`; a file with no usable line is an error.
+  per line with ``question`` and ``golden_answers``. Malformed lines (including bytes that
+  are not UTF-8) are skipped, counted by reason in a :class:`QALoadReport` and reported in
+  one warning with the first examples; a file with no usable line is an error.
 * :func:`build_embedded_qa` / :func:`embedded_qa` — questions made from the first
   sentence of the embedded Wikipedia intros, the article title masked as ``___``,
   answerable with the BM25 search tool over the same intros (see
@@ -31,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlpt_jax.data.jsonl import BadLine, SkipLog, numbered_lines, parse_json_line
 from rlpt_jax.rewards.qa import normalize_answer
 
 __all__ = [
@@ -123,10 +125,11 @@ class QALoadReport:
       lines_read: Lines looked at (fewer than the file's when ``limit`` stopped early).
       loaded: Examples returned.
       skipped: Count per reason for skipped lines: ``"empty"`` (blank line),
-        ``"bad_json"``, ``"not_object"``, ``"no_question"`` (missing, not a string or
-        blank), ``"no_answers"`` (no answer key, or no non-blank answer),
-        ``"bad_answers"`` (an answer that is not a string or number).
+        ``"not_utf8"``, ``"bad_json"``, ``"not_object"``, ``"no_question"`` (missing,
+        not a string or blank), ``"no_answers"`` (no answer key, or no non-blank
+        answer), ``"bad_answers"`` (an answer that is not a string or number).
       skipped_lines: 1-based line numbers of the skipped lines (first 100).
+      examples: The first skipped lines as ``"<file>:<line>: <reason> (<detail>)"``.
     """
 
     path: str
@@ -135,17 +138,12 @@ class QALoadReport:
     loaded: int
     skipped: Mapping[str, int]
     skipped_lines: tuple[int, ...]
+    examples: tuple[str, ...] = ()
 
     @property
     def num_skipped(self) -> int:
         """Total skipped lines."""
         return sum(self.skipped.values())
-
-
-class _BadLine(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _default_dataset_name(path: Path) -> str:
@@ -161,30 +159,27 @@ def _answer_strings(value: Any) -> tuple[str, ...]:
     for item in items:
         # bool is an int subclass, but True is no answer text.
         if isinstance(item, bool) or not isinstance(item, str | int | float):
-            raise _BadLine("bad_answers")
+            raise BadLine("bad_answers")
         text = str(item).strip()
         if text and text not in out:
             out.append(text)
     if not out:
-        raise _BadLine("no_answers")
+        raise BadLine("no_answers")
     return tuple(out)
 
 
-def _parse_line(line: str, line_no: int, dataset: str) -> QAExample:
-    if not line.strip():
-        raise _BadLine("empty")
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        raise _BadLine("bad_json") from None
+def _parse_line(raw: bytes, line_no: int, dataset: str) -> QAExample:
+    if not raw.strip():
+        raise BadLine("empty")
+    record = parse_json_line(raw, line_no)
     if not isinstance(record, dict):
-        raise _BadLine("not_object")
+        raise BadLine("not_object")
     question = record.get("question")
     if not isinstance(question, str) or not question.strip():
-        raise _BadLine("no_question")
+        raise BadLine("no_question")
     key = next((k for k in _ANSWER_KEYS if record.get(k) is not None), None)
     if key is None:
-        raise _BadLine("no_answers")
+        raise BadLine("no_answers")
     answers = _answer_strings(record[key])
     raw_id = record.get("id")
     has_id = isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and str(raw_id)
@@ -200,8 +195,11 @@ def load_qa_jsonl(
     Each line is a JSON object with ``question`` (string) and ``golden_answers`` (a
     list of strings or a single string; ``answers`` and ``answer`` are accepted
     instead, in that order of preference; numbers become strings). ``id`` is optional:
-    without it the id is ``"<dataset>-<line>"`` (1-based line number). Malformed lines
-    are skipped and counted by reason in the report.
+    without it the id is ``"<dataset>-<line>"`` (1-based line number). Malformed lines,
+    and lines that are not UTF-8, are skipped: counted by reason in the report and
+    announced in one :class:`~rlpt_jax.data.jsonl.SkippedDataWarning` with the first
+    examples (file, line, reason), so a mostly broken file is never mistaken for a small
+    dataset.
 
     Args:
       path: The jsonl file (UTF-8).
@@ -221,28 +219,34 @@ def load_qa_jsonl(
     path = Path(path)
     dataset = dataset_name or _default_dataset_name(path)
     examples: list[QAExample] = []
-    skipped: Counter[str] = Counter()
+    skips = SkipLog()
     skipped_lines: list[int] = []
     lines_read = 0
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if limit is not None and len(examples) >= limit:
-                break
-            lines_read = line_no
-            try:
-                examples.append(_parse_line(line, line_no, dataset))
-            except _BadLine as e:
-                skipped[e.reason] += 1
-                if len(skipped_lines) < 100:
-                    skipped_lines.append(line_no)
-    report = QALoadReport(
-        str(path), dataset, lines_read, len(examples), dict(skipped), tuple(skipped_lines)
-    )
+    for line_no, raw in numbered_lines(path):
+        if limit is not None and len(examples) >= limit:
+            break
+        lines_read = line_no
+        try:
+            examples.append(_parse_line(raw, line_no, dataset))
+        except BadLine as e:
+            skips.add(e, path, line_no)
+            if len(skipped_lines) < 100:
+                skipped_lines.append(line_no)
     if not examples:
         raise QADataError(
-            f"{path}: no usable QA example in {lines_read} lines (skipped: {dict(skipped)}); "
-            "each line needs a JSON object with 'question' and 'golden_answers'"
+            f"{path}: no usable QA example in {lines_read} lines (skipped: {skips.summary()}); "
+            "each line needs a UTF-8 JSON object with 'question' and 'golden_answers'"
         )
+    skips.warn(f"QA file {path} ({len(examples)} questions loaded from {lines_read} lines)")
+    report = QALoadReport(
+        str(path),
+        dataset,
+        lines_read,
+        len(examples),
+        dict(skips.counts),
+        tuple(skipped_lines),
+        tuple(skips.examples),
+    )
     return examples, report
 
 

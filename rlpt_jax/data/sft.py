@@ -21,12 +21,12 @@ model is trained on exactly the ids it would sample, and stops where the sampler
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from rlpt_jax.data.jsonl import BadLine, SkipLog, numbered_lines, parse_json_line
 from rlpt_jax.data.tasks import END_TAG, START_TAG, Task
 
 Message = dict[str, str]
@@ -139,42 +139,55 @@ def _end_of_turn(rendered: str, prompt: str, content: str) -> int:
 
 @dataclasses.dataclass
 class LoadReport:
-    """Lines read and skipped (with the first few reasons) of a jsonl file."""
+    """Non-blank lines read of a jsonl file, and the skipped ones by reason."""
 
     path: str
     read: int = 0
-    skipped: int = 0
-    examples: list[str] = dataclasses.field(default_factory=list)
+    skips: SkipLog = dataclasses.field(default_factory=SkipLog)
 
-    def skip(self, line_no: int, why: str) -> None:
-        self.skipped += 1
-        if len(self.examples) < 5:
-            self.examples.append(f"line {line_no}: {why}")
+    @property
+    def skipped(self) -> int:
+        """Skipped lines, whatever the reason."""
+        return self.skips.total
+
+    @property
+    def examples(self) -> list[str]:
+        """The first skipped lines as ``"<file>:<line>: <reason> (<detail>)"``."""
+        return self.skips.examples
+
+
+def _conversation(raw: bytes, line_no: int) -> list[Message]:
+    row = parse_json_line(raw, line_no)
+    if not isinstance(row, dict):
+        raise BadLine("not_object")
+    try:
+        return _check_messages(row.get("messages"), f"line {line_no}")
+    except ChatFormatError as e:
+        raise BadLine("bad_conversation", str(e)) from None
 
 
 def load_chat_jsonl(path: str | Path) -> tuple[list[list[Message]], LoadReport]:
-    """Conversations of a ``{"messages": [...]}`` jsonl file; bad lines are counted."""
+    """Conversations of a ``{"messages": [...]}`` jsonl file.
+
+    A bad line (not UTF-8, not JSON, not a valid conversation) costs itself only: it is
+    counted by reason in the report and announced in one warning with the first examples.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SFT data file {path} does not exist")
     report = LoadReport(str(path))
     out = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            report.read += 1
-            try:
-                row = json.loads(raw.decode("utf-8"))
-                if not isinstance(row, dict):
-                    raise ChatFormatError("a line must be a JSON object")
-                out.append(_check_messages(row.get("messages"), f"{path}:{line_no}"))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-                report.skip(line_no, f"not JSON: {type(e).__name__}")
-            except ChatFormatError as e:
-                report.skip(line_no, str(e))
+    for line_no, raw in numbered_lines(path):
+        if not raw.strip():
+            continue
+        report.read += 1
+        try:
+            out.append(_conversation(raw, line_no))
+        except BadLine as e:
+            report.skips.add(e, path, line_no)
     if not out:
-        raise ValueError(f"no usable conversation in {path} ({report.examples})")
+        raise ValueError(f"no usable conversation in {path} (skipped: {report.skips.summary()})")
+    report.skips.warn(f"SFT data file {path} ({len(out)} of {report.read} lines used)")
     return out, report
 
 

@@ -5,6 +5,8 @@ Import reads ``config.json`` and ``model.safetensors`` (or shards listed in
 unexpected or mis-shaped tensor is an error that names it — and places each tensor straight
 onto its target sharding: with a mesh, every device receives only its own slice
 (``jax.make_array_from_callback``); no device ever holds a full copy of a sharded weight.
+A file that cannot be read (an invalid ``config.json``, a truncated safetensors file, a
+broken index) is an error naming that file.
 
 Export writes the same format back (config, safetensors, tokenizer files) so that
 ``transformers``, vLLM and SGLang load it. Layout conversions are pure transposes and
@@ -25,11 +27,11 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from rlpt_jax import parallel
-from rlpt_jax.models.config import ModelConfig, hf_config_dict
+from rlpt_jax.models.config import ConfigError, ModelConfig, hf_config_dict
 from rlpt_jax.models.decoder import Decoder, abstract_model
 
 TOKENIZER_FILES = (
@@ -124,20 +126,62 @@ def tensor_mappings(cfg: ModelConfig) -> dict[str, _Mapping]:
     return m
 
 
+_REPAIR = "re-download the model folder or export it again"
+
+
+def read_model_config(path: Path, **overrides) -> ModelConfig:
+    """``ModelConfig.from_pretrained`` whose errors name ``config.json`` (a bare JSON
+    or ``KeyError`` message leaves a user guessing which file of which folder broke)."""
+    cfg_file = path / "config.json"
+    try:
+        return ModelConfig.from_pretrained(path, **overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg_file}: {e}") from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        # ValueError covers invalid JSON and bytes that are not UTF-8.
+        raise CheckpointError(
+            f"{cfg_file} is not a usable Hugging Face model config "
+            f"({type(e).__name__}: {e}); {_REPAIR}"
+        ) from e
+
+
+def _open_safetensors(f: Path):
+    """``safe_open`` whose errors name the file (the library's do not)."""
+    try:
+        return safe_open(f, "np")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"{f} is not a readable safetensors file ({e}); it may be truncated or "
+            f"corrupt: {_REPAIR}"
+        ) from e
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """Tensor name → shard file name, from a ``model.safetensors.index.json``."""
+    try:
+        weight_map = json.loads(index.read_bytes())["weight_map"]
+        if not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("a shard name is not a string")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"{index} is not a usable safetensors index, which needs a 'weight_map' of "
+            f"tensor name -> shard file ({type(e).__name__}: {e}); {_REPAIR}"
+        ) from e
+    return weight_map
+
+
 def _tensor_files(path: Path) -> dict[str, Path]:
     """Tensor name → safetensors file that holds it."""
     index = path / "model.safetensors.index.json"
     single = path / "model.safetensors"
     if index.is_file():
-        with open(index) as fh:
-            weight_map = json.load(fh)["weight_map"]
-        files = {name: path / fname for name, fname in weight_map.items()}
+        files = {name: path / fname for name, fname in _weight_map(index).items()}
         for f in set(files.values()):
             if not f.is_file():
                 raise CheckpointError(f"shard {f.name} listed in {index.name} is missing")
         return files
     if single.is_file():
-        with safe_open(single, "np") as fh:
+        with _open_safetensors(single) as fh:
             return {name: single for name in fh.keys()}
     raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
 
@@ -145,7 +189,7 @@ def _tensor_files(path: Path) -> dict[str, Path]:
 def _shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for f in sorted(set(files.values())):
-        with safe_open(f, "np") as fh:
+        with _open_safetensors(f) as fh:
             for name in fh.keys():
                 if files.get(name) == f:
                     shapes[name] = tuple(fh.get_slice(name).get_shape())
@@ -203,7 +247,7 @@ def load_hf(
         raise FileNotFoundError(f"model folder {path} does not exist")
     overrides = {k: v for k, v in (("param_dtype", param_dtype), ("dtype", dtype)) if v}
     overrides["batch_invariant"] = bool(batch_invariant)
-    cfg = ModelConfig.from_pretrained(path, **overrides)
+    cfg = read_model_config(path, **overrides)
     files = _tensor_files(path)
     check_tensors(cfg, _shapes(files))
 
@@ -213,7 +257,7 @@ def load_hf(
     flat_sh = None if shardings is None else dict(nnx.to_flat_state(shardings))
     np_dtype = _NP_DTYPES[cfg.param_dtype]
 
-    handles = {f: safe_open(f, "np") for f in set(files.values())}
+    handles = {f: _open_safetensors(f) for f in set(files.values())}
     for name, mp in tensor_mappings(cfg).items():
         host = np.ascontiguousarray(mp.to_ours(handles[files[name]].get_tensor(name)))
         host = host.astype(np_dtype)

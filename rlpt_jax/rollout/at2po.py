@@ -6,6 +6,10 @@ protocol; F1 is reported as a metric. Advantages come from
 :func:`rlpt_jax.algos.tree_credit.tree_credit` per tree, and every model token of a turn
 carries its node's advantage. A trajectory whose search failed (``tool_error``) or ran out
 of budget is a counted leaf that gets the format penalty.
+
+Every step logs every turn outcome (``env/<outcome>``) and the retriever requests made
+(``env/backend_calls``), zeros included: a run whose policy never searched, or whose
+retriever was never reached, shows it in the metrics instead of leaving the key out.
 """
 
 from __future__ import annotations
@@ -17,9 +21,18 @@ import numpy as np
 
 from rlpt_jax.algos.tree_credit import CreditConfig, tree_credit
 from rlpt_jax.batch import RLBatch, bucket_length, make_batch, pad_batch
+from rlpt_jax.envs.search_env import OUTCOMES
 from rlpt_jax.rewards.qa import at2po_reward
 from rlpt_jax.rollout.policy import Policy, SampleSpec
 from rlpt_jax.rollout.tree import Tree, TreeConfig, TreeRollout, flatten, release_rows
+
+# Turn outcomes counted every step, zero or not ("truncated": out of token budget).
+STEP_OUTCOMES = (*OUTCOMES, "truncated")
+
+
+def _backend_calls(env) -> int:
+    """Requests the environment has sent to its search backend so far."""
+    return int(env.metrics().get("backend_calls", 0))
 
 
 def question_prompt(policy: Policy, question: str, system_prompt: str | None) -> list[int]:
@@ -90,7 +103,8 @@ def at2po_rollout(
     # the sampler at once (0 = all trees in one batch).
     per_wave = len(prompts) if sampler_rows <= 0 else max(1, sampler_rows // tree_cfg.num_leaves)
     trees: list[Tree] = []
-    outcomes: dict[str, int] = {}
+    outcomes = dict.fromkeys(STEP_OUTCOMES, 0)
+    calls_before = _backend_calls(env)
     counters = {"prefilled_tokens": 0, "decoded_tokens": 0}
     for w, i in enumerate(range(0, len(prompts), per_wave)):
         engine = policy.engine(spec, seed=seed + 7919 * w)
@@ -154,6 +168,7 @@ def at2po_rollout(
     }
     for k, v in outcomes.items():
         m[f"env/{k}"] = float(v)
+    m["env/backend_calls"] = float(_backend_calls(env) - calls_before)
     m.update({f"sampler/{k}": float(v) for k, v in counters.items()})
     return TreeBatch(batch, trees, leaf_rewards, m)
 

@@ -178,7 +178,8 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """Search backend for AT²PO: ``bm25`` over a local corpus (default: the embedded
-    Wikipedia intros) or ``http`` (a Search-R1-compatible retrieval server at ``url``)."""
+    Wikipedia intros) or ``http`` (a Search-R1-compatible retrieval server at ``url``).
+    ``url`` belongs to ``http`` only: with ``bm25`` it is an error, not silently unused."""
 
     backend: str = "bm25"
     url: str | None = None
@@ -193,6 +194,13 @@ class SearchConfig:
             )
         if self.backend == "http" and not self.url:
             raise ExperimentConfigError("search.backend='http' needs search.url")
+        # A URL the bm25 backend ignores means the run would search the wrong corpus.
+        if self.backend != "http" and self.url:
+            raise ExperimentConfigError(
+                f"search.url={self.url!r} is set but search.backend={self.backend!r} never "
+                "uses it; add --config.search.backend=http to search that retriever, or "
+                "leave search.url unset for the local BM25 index"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,6 +82,7 @@ class RLPTMethod:
         if exp.judge.kind == "generative":
             generate, judge_renderer = _generative_judge_backend(exp)
         self.judge = make_judge(exp.judge, generate=generate, renderer=judge_renderer)
+        self.judge.probe()  # a dead judge URL fails here, naming it, not after a rollout
 
     # -- training batches -----------------------------------------------------------
     def rows_per_step(self) -> int:
@@ -117,8 +118,7 @@ class RLPTMethod:
         )
         m = dict(out.metrics)
         # Per-step counts (not running totals), so a resumed run logs what a fresh one would.
-        after = self.judge.counters.as_dict()
-        m.update({f"judge/{k}": float(after[k] - before.get(k, 0)) for k in after})
+        m.update(self.judge.step_metrics(before))
         return out.batch, m
 
     def ntp_batch(self, row_multiple: int) -> tuple[RLBatch, dict[str, float]]:
@@ -225,7 +225,7 @@ class AT2POMethod:
         self.exp = exp
         self.tokenizer = tokenizer
         self.train_questions = load_questions(exp.qa.train, "train")
-        self.eval_sets = {name: load_questions(name, "dev") for name in exp.qa.eval}
+        self.eval_sets = load_eval_sets(exp.qa.eval)
         self.env = SearchEnv(make_search_backend(exp), exp.env)
         self.stream = pipeline.IndexStream(len(self.train_questions), exp.seed)
         self.stop_strings = ("</search>", "</answer>")
@@ -277,6 +277,11 @@ class AT2POMethod:
         )
 
 
+def _is_named_set(name: str) -> bool:
+    """Whether ``name`` is a built-in QA set rather than a jsonl path."""
+    return name in ("embedded", "fanoutqa") or name.startswith("embedded:")
+
+
 def load_questions(name: str, split: str) -> Sequence:
     """A QA dataset by name (``embedded``, ``fanoutqa``) or FlashRAG jsonl path.
 
@@ -294,19 +299,41 @@ def load_questions(name: str, split: str) -> Sequence:
         raise FileNotFoundError(
             f"QA dataset {name!r} is neither 'embedded', 'fanoutqa' nor an existing jsonl file"
         )
-    examples, report = qa.load_qa_jsonl(path)
+    examples, _ = qa.load_qa_jsonl(path)  # the loader warns about skipped lines itself
     return examples
+
+
+def load_eval_sets(names: Sequence[str]) -> dict[str, Sequence]:
+    """Eval questions keyed by the name their metrics carry (``eval/em_<name>``).
+
+    A jsonl file is named by its dataset, as the loader names it (``/data/nq/test.jsonl``
+    is ``nq``): a path makes a long, machine-specific metric name. Two files of one
+    dataset are told apart by their file name (``nq_dev``, ``nq_test``). Built-in sets
+    (``embedded``, ``embedded:test``, ``fanoutqa``) keep their name.
+    """
+    loaded = {name: load_questions(name, "dev") for name in names}
+    keys = {name: name if _is_named_set(name) else qs[0].dataset for name, qs in loaded.items()}
+    repeated = [k for k in keys.values() if list(keys.values()).count(k) > 1]
+    keys = {name: f"{k}_{Path(name).stem}" if k in repeated else k for name, k in keys.items()}
+    if len(set(keys.values())) < len(keys):
+        raise ValueError(
+            f"qa.eval {list(names)} would log repeated metric names {list(keys.values())}; "
+            "list each dataset once, or give the files distinct names"
+        )
+    return {keys[name]: qs for name, qs in loaded.items()}
 
 
 def make_search_backend(exp: ExperimentConfig):
     from rlpt_jax.envs import search
 
     if exp.search.backend == "http":
-        return search.HttpRetriever(
+        retriever = search.HttpRetriever(
             search.HttpRetrieverConfig(
                 url=exp.search.url, timeout_s=exp.search.timeout_s, retries=exp.search.retries
             )
         )
+        retriever.probe()  # a dead retriever URL fails here, naming it, not as tool errors
+        return retriever
     return search.BM25Search(cache_dir=exp.search.index_dir)
 
 
@@ -362,8 +389,6 @@ class SFTMethod:
         n_held = min(self.cfg.heldout, len(convs) // 2)
         heldout = [convs[i] for i in order[:n_held]]
         train = _cap([convs[i] for i in sorted(order[n_held:])], self.cfg.max_examples)
-        if report.skipped:
-            print(f"[rlpt_jax] {data}: skipped {report.skipped} lines, e.g. {report.examples}")
         return train, heldout, {"sft_lines_read": report.read, "sft_lines_skipped": report.skipped}
 
     def _at2po_examples(self, use_chat: bool):
