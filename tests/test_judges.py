@@ -58,18 +58,72 @@ def test_parse_score(text, expected):
     assert parse_score(text) == expected
 
 
+# RLPT v2 (arXiv 2509.19249), the generative reward model's prompt printed in the paper:
+# "## Task" (is Predicted a prefix of Reference with exactly that prefix's meaning, the
+# wording free), the "Reference:" and "Predicted:" fields, then "## Scoring Rules" (1 if
+# the meaning matches a reference prefix, else 0; semantics only; one line with
+# "Score: 0" or "Score: 1", no explanation) (spec/rlpt.md, "Prompt structure").
+PAPER_PREFIX_GOLDEN = (
+    "## Task\n"
+    "Decide whether the Predicted text is a prefix of the Reference text: whether it "
+    "means exactly what an initial part of the Reference means. The wording may differ; "
+    "the meaning may not.\n"
+    "\n"
+    "Reference: The cat sat on the mat. Then it slept all afternoon. Nobody woke it.\n"
+    "\n"
+    "Predicted: A cat sat.\n"
+    "\n"
+    "## Scoring Rules\n"
+    "- Score 1 if the meaning of Predicted matches an initial part (a prefix) of "
+    "Reference; otherwise score 0.\n"
+    "- Judge the meaning only, not the choice of words.\n"
+    "- Reply with one line, either Score: 0 or Score: 1, and no explanation."
+)
+
+
+def test_paper_judge_prompt_golden():
+    assert judges.judge_prompt("A cat sat.", REFS, "prefix") == PAPER_PREFIX_GOLDEN
+    assert JudgeConfig().question_template() == judges.PAPER_PREFIX_PROMPT
+    # The verdict the prompt asks for is the one the parser reads.
+    assert parse_score("Score: 1") == 1 and parse_score("Score: 0") == 0
+
+
 def test_judge_prompts_differ_by_mode():
-    prefix = judges.judge_prompt("A cat sat.", REFS, "prefix")
-    strict = judges.judge_prompt("A cat sat.", REFS, "strict")
-    assert "Reference: " + " ".join(REFS) + "\n" in prefix
-    assert "prefix of Reference" in prefix
-    assert "Reference: The cat sat on the mat.\n" in strict
-    assert "Then it slept" not in strict
-    for prompt in (prefix, strict):
-        assert "Predicted: A cat sat.\n" in prompt
-        assert prompt.endswith(
-            "Answer with exactly `Score: 1` if it is equivalent and `Score: 0` if it is not."
-        )
+    for style in judges.PROMPT_STYLES:
+        config = JudgeConfig(prompt_style=style)
+        prefix = judges.judge_prompt("A cat sat.", REFS, "prefix", config.question_template())
+        strict_template = JudgeConfig(prompt_style=style, mode="strict").question_template()
+        strict = judges.judge_prompt("A cat sat.", REFS, "strict", strict_template)
+        assert "Reference: " + " ".join(REFS) + "\n" in prefix
+        assert "prefix" in prefix and "prefix" not in strict
+        assert "Reference: The cat sat on the mat.\n" in strict
+        assert "Then it slept" not in strict
+        for prompt in (prefix, strict):
+            assert "Predicted: A cat sat.\n" in prompt
+            assert "Score: 1" in prompt and "Score: 0" in prompt
+
+
+def test_compact_judge_prompt_is_the_earlier_one():
+    config = JudgeConfig(prompt_style="compact")
+    prompt = judges.judge_prompt("A cat sat.", REFS, "prefix", config.question_template())
+    assert prompt.startswith(
+        "You are checking a text prediction against the real continuation of a document."
+    )
+    assert prompt.endswith(
+        "Answer with exactly `Score: 1` if it is equivalent and `Score: 0` if it is not."
+    )
+    with pytest.raises(ValueError, match="unknown judge prompt_style 'long'"):
+        JudgeConfig(prompt_style="long")
+
+
+def test_judge_prompt_style_reaches_the_model():
+    generate = FakeGenerate(["Score: 1"])
+    make_judge(JudgeConfig(kind="generative", prompt_style="compact"), generate=generate).score(
+        [("A cat sat.", REFS)]
+    )
+    assert generate.prompts == [
+        [judges.judge_prompt("A cat sat.", REFS, "prefix", judges.COMPACT_PREFIX_PROMPT)]
+    ]
 
 
 # --- generative judge ------------------------------------------------------------------

@@ -98,3 +98,12 @@ def test_reward_never_raises_on_model_output(text):
 def test_reward_rejects_bad_penalty():
     with pytest.raises(ValueError, match="format_penalty"):
         at2po_reward("<answer>\\boxed{a}</answer>", "a", format_penalty=float("nan"))
+
+
+def test_reward_require_think():
+    """Reference code: a response without a <think> block scores the format penalty."""
+    bare = "<answer>\\boxed{Paris}</answer>"
+    assert at2po_reward(bare, "Paris")[0] == 1.0
+    reward, d = at2po_reward(bare, "Paris", require_think=True)
+    assert (reward, d["reason"], d["em"]) == (-1.0, "no <think> block", 1.0)
+    assert at2po_reward(GOOD, "Paris", require_think=True)[0] == 1.0

@@ -162,3 +162,12 @@ def test_config_validation():
         SearchEnvConfig(max_tool_calls=-1)
     with pytest.raises(ValueError, match="limit_notice"):
         SearchEnvConfig(limit_notice="")
+
+
+def test_reference_incentives_are_the_defaults():
+    """Reference code: <think> required, a call past the limit invalid, and generation
+    stopped only at </search> (so the EOS after </answer> is sampled and trained)."""
+    cfg = SearchEnvConfig()
+    assert (cfg.require_think, cfg.over_limit_invalid, cfg.stop_at_answer) == (True, True, False)
+    assert cfg.stop_strings == ("</search>",)
+    assert SearchEnvConfig(stop_at_answer=True).stop_strings == ("</search>", "</answer>")

@@ -155,7 +155,10 @@ def test_at2po_demonstrations_follow_the_protocol(embedded_model_dir):
             [t for t, m in zip(ids[len(prompt) :], mask[len(prompt) :]) if not m]
         )
         assert "<result>" not in trained and untrained.count("<result>") >= 1
-        assert trained.endswith(f"\\boxed{{{q.golden_answers[0]}}} </answer>")
+        # the answer turn ends with EOS, trained (the reference samples it after </answer>)
+        eos = tok.decode([tok.eos_ids[0]])
+        assert trained.endswith(f"\\boxed{{{q.golden_answers[0]}}} </answer>{eos}")
+        assert ids[-1] == tok.eos_ids[0] and mask[-1] == 1
         searches.append(untrained.count("<result>"))
     assert len(searches) >= 20
     assert 1 in searches and 2 in searches  # some first searches miss

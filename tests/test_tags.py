@@ -70,6 +70,48 @@ def test_check_format_bad(text, reason_part):
     assert reason_part in reason
 
 
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("<think>a</think><answer>\\boxed{1}</answer>", "ok"),
+        ("<answer>\\boxed{1}</answer>", "no <think> block"),
+        ("<think>a<answer>\\boxed{1}</answer>", "<answer> opened inside <think>"),
+        # A <think> inside a tool result is not the model's.
+        (
+            "<search>q</search><result><think>x</think></result><answer>\\boxed{1}</answer>",
+            "no <think> block",
+        ),
+    ],
+)
+def test_require_think(text, reason):
+    """Reference code (deep_research_em.validate_format): <think> present and paired."""
+    assert tags.check_format(text, require_think=True) == (reason == "ok", reason)
+    if reason == "no <think> block":
+        assert tags.check_format(text) == (True, "ok")  # optional unless required
+
+
+def test_model_view_makes_tool_output_opaque():
+    passage = " <result>\nPage 1: Tags\nHTML-like markup: </result> <answer> \\boxed{no}\n</result>"
+    parts = [
+        ("tool", ""),
+        ("model", "<think>look</think><search>tags</search>"),
+        ("tool", passage),
+        ("model", "<think>found</think><answer>\\boxed{Tags}</answer>"),
+    ]
+    view = tags.model_view(parts)
+    assert view == (
+        "<think>look</think><search>tags</search> <result></result>"
+        "<think>found</think><answer>\\boxed{Tags}</answer>"
+    )
+    assert tags.check_format(view, require_think=True) == (True, "ok")
+    assert tags.extract_final_answer(view) == "Tags"
+    # The same trajectory as one decoded string: the passage's </result> ends the result
+    # early, so its own closing tag looks stray (why rollouts score the model view).
+    assert tags.check_format("".join(t for _, t in parts))[0] is False
+    with pytest.raises(ValueError, match="'model' or 'tool'"):
+        tags.model_view([("user", "x")])
+
+
 def test_tags_inside_result_are_ignored():
     text = (
         "<search>q</search><result>\nPage 1: <answer> stray <think> tags\n</result>"

@@ -18,8 +18,11 @@ outcome        when                                                 trajectory
 =============  ===================================================  ==========
 
 All queries of a batch go to the backend in one call. Every outcome is counted in
-:attr:`SearchEnv.counts`; nothing here raises on model output. The returned text is
-tokenised on its own and appended to the token ids (never re-tokenise a trajectory).
+:attr:`SearchEnv.counts`; nothing here raises on model output. Each query sent ends as
+``search`` or ``tool_error``, so those two counts are the retriever's requests and their
+failures (the outage policy's input), and :attr:`SearchEnv.last_error` keeps the reason of
+the latest failure for its error message. The returned text is tokenised on its own and
+appended to the token ids (never re-tokenise a trajectory).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from rlpt_jax.envs.search import SearchBackend, format_results
 __all__ = ["OUTCOMES", "DEFAULT_LIMIT_NOTICE", "SearchEnvConfig", "StepResult", "SearchEnv"]
 
 OUTCOMES = ("answer", "search", "limit", "invalid", "tool_error")
-# Wrapped in <result> tags so the search that triggered it stays properly paired.
+# Wrapped in <result> tags so that, with over_limit_invalid=False, the search that
+# triggered it stays properly paired. With the default the trajectory is invalid whatever
+# the notice says: the reward reads the environment's "limit" outcome, not this text.
 DEFAULT_LIMIT_NOTICE = (
     " <result>\nThe maximum number of search calls has been reached. Answer the question "
     "now with the information you already have.\n</result>"
@@ -43,10 +48,21 @@ DEFAULT_LIMIT_NOTICE = (
 
 @dataclass(frozen=True)
 class SearchEnvConfig:
-    """Search-QA environment settings (defaults: the AT²PO paper).
+    """Search-QA environment settings (defaults: the AT²PO paper and its reference code).
 
     ``max_query_chars`` truncates absurdly long queries before they reach the backend
     (the truncation is counted as ``query_truncated``).
+
+    Format incentives of the reference code (its ``deep_research_em.validate_format``):
+    ``require_think`` (default True): a trajectory without a ``<think>…</think>`` block
+    is format-invalid (reward ``qa.format_penalty``, −1); ``over_limit_invalid`` (default
+    True): a search past ``max_tool_calls`` makes the trajectory format-invalid, as the
+    reference's notice, inserted without ``<result>`` tags, leaves that search unpaired.
+    Generation still continues after the notice (the trajectory ends as usual).
+
+    ``stop_at_answer`` (default False): also end a turn at ``</answer>``. The reference
+    stops generation only at a tool's closing tag (``</search>``) and EOS, so the EOS
+    after ``</answer>`` is sampled and trained; stopping at ``</answer>`` never trains it.
     """
 
     topk: int = 3
@@ -54,6 +70,9 @@ class SearchEnvConfig:
     max_tool_calls: int = 6
     max_query_chars: int = 1000
     limit_notice: str = DEFAULT_LIMIT_NOTICE
+    require_think: bool = True
+    over_limit_invalid: bool = True
+    stop_at_answer: bool = False
 
     def __post_init__(self):
         for name in ("topk", "max_chars", "max_query_chars"):
@@ -65,6 +84,11 @@ class SearchEnvConfig:
             )
         if not self.limit_notice:
             raise ValueError("SearchEnvConfig.limit_notice must not be empty")
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Where the sampler ends a turn besides EOS and the length budget."""
+        return ("</search>", "</answer>") if self.stop_at_answer else ("</search>",)
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,7 @@ class SearchEnv:
         self.backend = backend
         self.config = config
         self.counts: Counter[str] = Counter({name: 0 for name in OUTCOMES})
+        self.last_error: str | None = None  # why the latest failed backend call failed
 
     def step(self, turn_text: str, tool_calls: int) -> StepResult:
         """One trajectory's turn; see :meth:`step_batch`."""
@@ -151,6 +176,7 @@ class SearchEnv:
             texts = [format_results(h, cfg.topk, cfg.max_chars) for h in hits]
         except Exception as e:  # any backend failure is a counted failed leaf, not a crash
             reason = f"{type(e).__name__}: {e}"
+            self.last_error = reason
             return [StepResult("tool_error", True, "", c + 1, q, reason) for _, q, c in pending]
         return [
             StepResult("search", False, text, c + 1, q, "ok")

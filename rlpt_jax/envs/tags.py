@@ -9,13 +9,18 @@ A response is free text with four tag pairs::
 
 Every function here accepts any string and never raises: malformed model output is
 something to report and count (``check_format`` returns a reason), not an exception.
-Text inside ``<result>`` blocks is tool output, not model output, so tags that happen
-to appear in retrieved passages are ignored by the format check.
+Text inside ``<result>`` blocks is tool output, not model output. A rollout knows which
+tokens the model sampled and which the environment inserted, so it scores
+:func:`model_view`, in which every insertion is an empty ``<result></result>``: a
+retrieved passage that contains ``</result>`` or ``<answer>`` cannot change the verdict.
+On a plain string the format check skips to the first ``</result>`` instead, which a
+passage containing that tag defeats.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -29,11 +34,14 @@ __all__ = [
     "extract_boxed",
     "extract_final_answer",
     "check_format",
+    "model_view",
 ]
 
 TAG_NAMES = ("think", "search", "result", "answer")
 _TAG_RE = re.compile(r"<(/?)(think|search|result|answer)>")
 _BOXED = "\\boxed"
+# What a tool insertion looks like to the format check (see model_view).
+RESULT_STUB = " <result></result>"
 
 
 @dataclass(frozen=True)
@@ -151,13 +159,34 @@ def extract_final_answer(response: str) -> str | None:
     return None if boxed is None else boxed.strip()
 
 
-def check_format(response: str) -> tuple[bool, str]:
+def model_view(parts: Sequence[tuple[str, str]]) -> str:
+    """A trajectory as the reward reads it: the model's own text, tool output opaque.
+
+    ``parts`` are the trajectory's pieces in order, each ``("model", text)`` for sampled
+    text or ``("tool", text)`` for an insertion (a search result, the limit notice).
+    Every non-empty insertion becomes :data:`RESULT_STUB`, so only tags the model wrote
+    are parsed, never tags that happen to be inside a retrieved passage.
+    """
+    out = []
+    for source, text in parts:
+        if source == "model":
+            out.append(text)
+        elif source == "tool":
+            out.append(RESULT_STUB if text else "")
+        else:
+            raise ValueError(f"a trajectory part is 'model' or 'tool', got {source!r}")
+    return "".join(out)
+
+
+def check_format(response: str, require_think: bool = False) -> tuple[bool, str]:
     """Check a full response against the protocol; returns ``(ok, reason)``.
 
-    Rules (AT²PO paper): ``<think>`` tags balanced and not nested; exactly one
-    ``<answer>`` block, after every tool call; each ``<search>…</search>`` followed by
-    ``<result>…</result>`` before the next search or the answer; no result without a
-    search; ``\\boxed{…}`` present inside the answer. ``reason`` is ``"ok"`` on success.
+    Rules (AT²PO paper and reference code): ``<think>`` tags balanced and not nested,
+    and with ``require_think`` at least one ``<think>…</think>`` block (the reference
+    code rejects a response without one); exactly one ``<answer>`` block, after every
+    tool call; each ``<search>…</search>`` followed by ``<result>…</result>`` before the
+    next search or the answer; no result without a search; ``\\boxed{…}`` present inside
+    the answer. ``reason`` is ``"ok"`` on success.
     """
     if not isinstance(response, str):
         return False, "response is not a string"
@@ -165,6 +194,7 @@ def check_format(response: str) -> tuple[bool, str]:
     inside: str | None = None  # "think" | "search" | "answer"
     expect_result = False
     answers = 0
+    thinks = 0
     answer_closed = False
     tags = scan_tags(response)
     i = 0
@@ -202,6 +232,8 @@ def check_format(response: str) -> tuple[bool, str]:
                 expect_result = True
             elif tag.name == "answer":
                 answer_closed = True
+            elif tag.name == "think":
+                thinks += 1
         i += 1
     if inside is not None:
         return False, f"<{inside}> not closed"
@@ -209,6 +241,8 @@ def check_format(response: str) -> tuple[bool, str]:
         return False, "search without a <result>"
     if answers != 1:
         return False, f"expected exactly one answer block, found {answers}"
+    if require_think and thinks == 0:
+        return False, "no <think> block"
     block = extract_answer_block(response)
     if block is None or extract_boxed(block) is None:
         return False, "no \\boxed{} in the answer"

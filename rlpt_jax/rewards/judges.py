@@ -50,7 +50,45 @@ Message = dict[str, str]
 
 log = logging.getLogger(__name__)
 
-PREFIX_PROMPT = (
+# RLPT v2, the generative reward model's prompt as printed in the paper: a "## Task"
+# asking whether Predicted is a prefix of Reference with exactly that prefix's meaning
+# (wording may differ), the Reference and Predicted fields, then "## Scoring Rules": 1 if
+# the meaning matches a reference prefix else 0, semantics only, one line with the score.
+PAPER_PREFIX_PROMPT = (
+    "## Task\n"
+    "Decide whether the Predicted text is a prefix of the Reference text: whether it "
+    "means exactly what an initial part of the Reference means. The wording may differ; "
+    "the meaning may not.\n"
+    "\n"
+    "Reference: {reference}\n"
+    "\n"
+    "Predicted: {predicted}\n"
+    "\n"
+    "## Scoring Rules\n"
+    "- Score 1 if the meaning of Predicted matches an initial part (a prefix) of "
+    "Reference; otherwise score 0.\n"
+    "- Judge the meaning only, not the choice of words.\n"
+    "- Reply with one line, either Score: 0 or Score: 1, and no explanation."
+)
+
+# The strict ablation in the same layout [ours: the paper prints only the prefix judge].
+PAPER_STRICT_PROMPT = (
+    "## Task\n"
+    "Decide whether the Predicted text means exactly what the whole Reference text means. "
+    "The wording may differ; nothing may be missing or added.\n"
+    "\n"
+    "Reference: {reference}\n"
+    "\n"
+    "Predicted: {predicted}\n"
+    "\n"
+    "## Scoring Rules\n"
+    "- Score 1 if Predicted states the same content as Reference; otherwise score 0.\n"
+    "- Judge the meaning only, not the choice of words.\n"
+    "- Reply with one line, either Score: 0 or Score: 1, and no explanation."
+)
+
+# This project's earlier judge prompts, kept as ``prompt_style="compact"``.
+COMPACT_PREFIX_PROMPT = (
     "You are checking a text prediction against the real continuation of a document.\n"
     "\n"
     "Reference: {reference}\n"
@@ -66,7 +104,7 @@ PREFIX_PROMPT = (
     "Answer with exactly `Score: 1` if it is equivalent and `Score: 0` if it is not."
 )
 
-STRICT_PROMPT = (
+COMPACT_STRICT_PROMPT = (
     "You are checking a predicted sentence against the real sentence of a document.\n"
     "\n"
     "Reference: {reference}\n"
@@ -79,6 +117,12 @@ STRICT_PROMPT = (
     "\n"
     "Answer with exactly `Score: 1` if it is equivalent and `Score: 0` if it is not."
 )
+
+JUDGE_PROMPTS = {
+    "paper": {"prefix": PAPER_PREFIX_PROMPT, "strict": PAPER_STRICT_PROMPT},
+    "compact": {"prefix": COMPACT_PREFIX_PROMPT, "strict": COMPACT_STRICT_PROMPT},
+}
+PROMPT_STYLES = tuple(JUDGE_PROMPTS)
 
 
 class JudgeUnavailableError(RuntimeError):
@@ -216,10 +260,12 @@ class JudgeConfig:
         the share is logged as ``judge/unparseable_frac`` either way.
       missing_prediction_reward: Reward when the policy gave no tagged prediction
         (default 0.0 [ours; the paper is silent]).
-      prompt_template: Question for model judges, with ``{reference}`` and
-        ``{predicted}`` fields; ``None`` (default) uses :data:`PREFIX_PROMPT` or
-        :data:`STRICT_PROMPT` by ``mode``. In strict mode ``{reference}`` is ``s_i``
-        only, in prefix mode the reference segments joined by spaces.
+      prompt_style: The question model judges are asked: ``"paper"`` (default; the
+        structure of the RLPT paper's judge prompt) or ``"compact"`` (this project's
+        earlier wording); each has a ``prefix`` and a ``strict`` version.
+      prompt_template: A question with ``{reference}`` and ``{predicted}`` fields that
+        replaces the style's (default ``None``). In strict mode ``{reference}`` is
+        ``s_i`` only, in prefix mode the reference segments joined by spaces.
       lexical: Settings of the lexical judge.
       http: Settings of the HTTP judge.
     """
@@ -229,6 +275,7 @@ class JudgeConfig:
     unparseable_reward: float = 0.0
     warn_unparseable_frac: float = 0.1
     missing_prediction_reward: float = 0.0
+    prompt_style: str = "paper"
     prompt_template: str | None = None
     lexical: LexicalConfig = dataclasses.field(default_factory=LexicalConfig)
     http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
@@ -241,6 +288,10 @@ class JudgeConfig:
         if not 0.0 <= self.warn_unparseable_frac <= 1.0:
             raise ValueError(
                 f"warn_unparseable_frac must be in [0, 1], got {self.warn_unparseable_frac}"
+            )
+        if self.prompt_style not in JUDGE_PROMPTS:
+            raise ValueError(
+                f"unknown judge prompt_style {self.prompt_style!r}; valid: {list(PROMPT_STYLES)}"
             )
         if self.kind == "http" and not self.http.model:
             raise ValueError("judge kind 'http' needs http.model (the served model's name)")
@@ -255,6 +306,12 @@ class JudgeConfig:
             missing = [f for f in ("{reference}", "{predicted}") if f not in self.prompt_template]
             if missing:
                 raise ValueError(f"prompt_template must contain {missing}")
+
+    def question_template(self) -> str:
+        """The question model judges are asked: ``prompt_template``, else the style's."""
+        if self.prompt_template is not None:
+            return self.prompt_template
+        return JUDGE_PROMPTS[self.prompt_style][self.mode]
 
 
 def _unknown_kind(kind: str) -> str:
@@ -331,7 +388,10 @@ def parse_score(text: str) -> int | None:
 def judge_prompt(
     predicted: str, reference_segments: Sequence[str], mode: str, template: str | None = None
 ) -> str:
-    """The question to a model judge; ``strict`` compares with ``s_i`` only."""
+    """The question to a model judge; ``strict`` compares with ``s_i`` only.
+
+    ``template`` defaults to the paper-style question of ``mode``.
+    """
     if mode == "strict":
         reference = reference_segments[0]
     elif mode == "prefix":
@@ -339,7 +399,7 @@ def judge_prompt(
     else:
         raise ValueError(f"unknown judge mode {mode!r}; valid modes: {list(JUDGE_MODES)}")
     if template is None:
-        template = STRICT_PROMPT if mode == "strict" else PREFIX_PROMPT
+        template = JUDGE_PROMPTS["paper"][mode]
     return template.format(reference=reference, predicted=predicted)
 
 
@@ -458,7 +518,7 @@ class GenerativeJudge(Judge):
 
     def prompt(self, predicted: str, reference_segments: Sequence[str]) -> str:
         config = self.config
-        text = judge_prompt(predicted, reference_segments, config.mode, config.prompt_template)
+        text = judge_prompt(predicted, reference_segments, config.mode, config.question_template())
         if self._renderer is None:
             return text
         return self._renderer([{"role": "user", "content": text}])
@@ -524,7 +584,7 @@ class HttpJudge(Judge):
 
     def _judge(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
         http = self.config.http
-        mode, template = self.config.mode, self.config.prompt_template
+        mode, template = self.config.mode, self.config.question_template()
         prompts = [judge_prompt(p, refs, mode, template) for p, refs in items]
         workers = min(http.max_workers, len(prompts))
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:

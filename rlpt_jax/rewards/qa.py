@@ -9,6 +9,8 @@ articles *a*, *an*, *the*, collapse whitespace.
   normalised tokens; 0 when there is no overlap).
 * AT²PO: ``r = EM(boxed answer, golds)`` when the response passes
   :func:`rlpt_jax.envs.tags.check_format`, else ``r = format_penalty`` (paper: −1).
+  Rollouts pass :func:`rlpt_jax.envs.tags.model_view` of a trajectory, so only the
+  model's own tokens are parsed, never tags inside retrieved passages.
 
 Pure functions of strings; no state.
 """
@@ -70,9 +72,15 @@ def f1_score(prediction: str, gold: str | Sequence[str]) -> float:
 
 
 def at2po_reward(
-    response: str, gold: str | Sequence[str], format_penalty: float = -1.0
+    response: str,
+    gold: str | Sequence[str],
+    format_penalty: float = -1.0,
+    require_think: bool = False,
 ) -> tuple[float, dict[str, Any]]:
     """AT²PO outcome reward of a full response (model turns plus inserted results).
+
+    ``require_think``: a response without a ``<think>…</think>`` block is malformed, as
+    in the reference code (``env.require_think``).
 
     Returns ``(reward, details)`` with details ``em``, ``f1`` (of the boxed answer; 0
     when absent), ``format_ok``, ``reason`` (the format check's) and ``answer`` (the
@@ -82,7 +90,7 @@ def at2po_reward(
     if not math.isfinite(format_penalty):
         raise ValueError(f"format_penalty must be finite, got {format_penalty}")
     golds = _golds(gold)
-    format_ok, reason = check_format(response)
+    format_ok, reason = check_format(response, require_think)
     answer = extract_final_answer(response) if isinstance(response, str) else None
     em = exact_match(answer, golds) if answer is not None else 0.0
     f1 = f1_score(answer, golds) if answer is not None else 0.0

@@ -79,8 +79,11 @@ class TreeConfig:
       picks: ``K``, nodes expanded per round (paper: 6).
       alpha: sibling penalty α (paper: none given; reference code: 0.05).
       expansion: ``entropy`` (paper), ``random`` (Tree-GRPO style) or ``chains``.
-      max_response_tokens: budget of model + tool tokens after the prompt, per trajectory.
-      max_turn_tokens: budget of one turn.
+      max_response_tokens: budget of model + tool tokens after the prompt, per trajectory
+        (paper: 6192).
+      max_turn_tokens: budget of one turn; ``None`` (default) caps only the whole
+        response, as the paper and the reference code do. A turn cut by this cap has
+        neither an answer nor a search, so its trajectory ends invalid (−1).
       max_turns: safety cap on turns per trajectory.
       seed: seed of the ``random`` expansion.
     """
@@ -91,7 +94,7 @@ class TreeConfig:
     alpha: float = 0.05
     expansion: str = "entropy"
     max_response_tokens: int = 6192
-    max_turn_tokens: int = 1024
+    max_turn_tokens: int | None = None
     max_turns: int = 8
     seed: int = 0
 
@@ -104,9 +107,20 @@ class TreeConfig:
             raise ValueError(
                 f"rounds (L) and picks (K) must be >= 0, got {self.rounds}, {self.picks}"
             )
-        for name in ("max_response_tokens", "max_turn_tokens", "max_turns"):
+        for name in ("max_response_tokens", "max_turns"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_turn_tokens is not None and self.max_turn_tokens < 1:
+            raise ValueError(
+                f"max_turn_tokens must be >= 1 (or None: no cap), got {self.max_turn_tokens}"
+            )
+
+    def turn_budget(self, used: int) -> int:
+        """Tokens the next turn may sample after ``used`` response tokens (at least 1)."""
+        left = self.max_response_tokens - used
+        if self.max_turn_tokens is not None:
+            left = min(left, self.max_turn_tokens)
+        return max(1, left)
 
     @property
     def num_leaves(self) -> int:
@@ -317,9 +331,7 @@ class TreeRollout:
         """Generate turns for all active rows until every trajectory has ended."""
         cfg = self.cfg
         while active:
-            budgets = [
-                max(1, min(cfg.max_turn_tokens, cfg.max_response_tokens - a.used)) for a in active
-            ]
+            budgets = [cfg.turn_budget(a.used) for a in active]
             samples = self.engine.generate([a.row for a in active], budgets)
             texts = []
             for a, s in zip(active, samples):
