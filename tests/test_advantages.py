@@ -85,3 +85,31 @@ def test_group_advantages_dispatch():
         group_advantages(REWARDS, AdvantageConfig(kind="grpo", scale_by_std=False)),
         drgrpo(REWARDS),
     )
+
+
+def test_grpo_sample_std_as_verl_computes_it():
+    """std_ddof=1 divides by n − 1, as verl's GRPO (torch.std) does for the AT²PO baselines.
+
+    Group 0: sum of squares 4 · 0.25 = 1 → sample std √(1/3). Group 1: sum of squares
+    4 · 1.6875 = 6.75 → sample std √2.25 = 1.5.
+    """
+    s0, s1 = np.sqrt(1 / 3), 1.5
+    want = [
+        [0.5 / (s0 + EPS), -0.5 / (s0 + EPS), -0.5 / (s0 + EPS), 0.5 / (s0 + EPS)],
+        [2.25 / (s1 + EPS), -0.75 / (s1 + EPS), -0.75 / (s1 + EPS), -0.75 / (s1 + EPS)],
+    ]
+    np.testing.assert_allclose(grpo(REWARDS, eps=EPS, std_ddof=1), want, rtol=1e-12)
+    got = group_advantages(REWARDS, AdvantageConfig(std_ddof=1))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    got_jax = jax.jit(lambda r: grpo(r, std_ddof=1))(jnp.asarray(REWARDS, jnp.float32))
+    np.testing.assert_allclose(np.asarray(got_jax), want, rtol=1e-6)
+    assert np.all(grpo([[0.1, 0.1, 0.1]], std_ddof=1) == 0.0)
+
+
+def test_sample_std_errors():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        grpo([[1.0], [0.0]], std_ddof=1)
+    with pytest.raises(ValueError, match="std_ddof must be 0 or 1"):
+        AdvantageConfig(std_ddof=2)
+    with pytest.raises(ValueError, match="std_ddof only applies"):
+        AdvantageConfig(kind="drgrpo", std_ddof=1)

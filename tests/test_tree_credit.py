@@ -150,3 +150,56 @@ def test_bad_inputs():
         CreditConfig(weighting="max")
     with pytest.raises(ValueError, match="advantage='q'"):
         CreditConfig(advantage="q")
+
+
+# -- the reference code's "vanilla" mode (no credit assignment) ------------------------
+
+
+def test_vanilla_is_each_leafs_group_advantage_on_its_whole_path():
+    """Leaves 2, 3, 4 (rewards 1, 1, 0) are one group. Population std (default): the
+    z-scores are K, K, −2K as in the module docstring. Sample std (verl): mean 2/3, sum of
+    squares 2/3, std √(1/3), so 1/3 / (√(1/3) + 1e-6) and −2/3 / (√(1/3) + 1e-6).
+    Node 1 lies on the paths of leaves 3 and 4, which carry different advantages: it has
+    none of its own (NaN), the rows carry them (``leaf_advantages``)."""
+    from rlpt_jax.algos.advantages import AdvantageConfig
+
+    got = tree_credit(PARENTS, ENTROPY, REWARD, CreditConfig(advantage="vanilla"))
+    np.testing.assert_allclose(got.leaf_advantages, [K, K, -2 * K], rtol=1e-12)
+    np.testing.assert_array_equal(got.leaves, [2, 3, 4])
+    assert got.advantages[0] == 0.0 and np.isnan(got.advantages[1])
+    np.testing.assert_allclose(got.advantages[2:], [K, K, -2 * K], rtol=1e-12)
+
+    s = math.sqrt(1 / 3) + 1e-6
+    verl = tree_credit(
+        PARENTS, ENTROPY, REWARD, CreditConfig(advantage="vanilla"), AdvantageConfig(std_ddof=1)
+    )
+    np.testing.assert_allclose(verl.leaf_advantages, [1 / 3 / s, 1 / 3 / s, -2 / 3 / s])
+    # Equal rewards: no signal, exactly.
+    flat = tree_credit(
+        PARENTS, ENTROPY, {2: 0.3, 3: 0.3, 4: 0.3}, CreditConfig(advantage="vanilla")
+    )
+    assert np.all(flat.leaf_advantages == 0.0)
+    # The other modes have one advantage per node and no per-leaf override.
+    assert tree_credit(PARENTS, ENTROPY, REWARD).leaf_advantages is None
+
+
+def test_vanilla_rows_carry_their_leafs_advantage_on_shared_turns():
+    """The batch built from a tree in vanilla mode: the shared turn (node 1) carries leaf
+    3's advantage in leaf 3's row and leaf 4's in leaf 4's (not one value for both)."""
+    from rlpt_jax.rollout.at2po import _vanilla_rows
+    from rlpt_jax.rollout.tree import Tree, flatten
+
+    tree = Tree.new(0, [1, 2])
+    for parent, tool, model in ((0, [], [10, 11]), (0, [], [12]), (1, [7], [13]), (1, [7], [14])):
+        node = tree.add(parent, tool, 0)
+        node.model_tokens, node.logps = model, [-0.5] * len(model)
+    credit = tree_credit(tree.parents, ENTROPY, REWARD, CreditConfig(advantage="vanilla"))
+    rows = flatten([tree], [credit.advantages], pad_id=0)
+    adv = _vanilla_rows(rows, [credit])
+    by_leaf = {leaf: i for i, (_, leaf) in enumerate(rows.leaf)}
+    # row of leaf 2: prompt (2 tokens), node 2's one model token
+    np.testing.assert_allclose(adv[by_leaf[2]], [0, 0, K, 0, 0, 0], rtol=1e-6)
+    # rows of leaves 3/4: prompt, node 1 (2 model tokens), tool token, the leaf's token
+    np.testing.assert_allclose(adv[by_leaf[3]], [0, 0, K, K, 0, K], rtol=1e-6)
+    np.testing.assert_allclose(adv[by_leaf[4]], [0, 0, -2 * K, -2 * K, 0, -2 * K], rtol=1e-6)
+    assert not np.isnan(adv).any()

@@ -44,19 +44,26 @@ def _as_float_groups(rewards: Any, *, min_n: int, name: str) -> Array:
     return r
 
 
-def grpo(rewards: Any, *, scale_by_std: bool = True, eps: float = 1e-6) -> Array:
+def grpo(rewards: Any, *, scale_by_std: bool = True, eps: float = 1e-6, std_ddof: int = 0) -> Array:
     """GRPO group advantage (DeepSeekMath, Shao et al. 2024, outcome supervision).
 
-    ``A_i = (r_i − mean_j r_j) / (std_j r_j + eps)`` with the population std (divide by
-    n). With ``scale_by_std=False`` this is the mean-centred advantage only, identical to
-    :func:`drgrpo`. A group whose rewards are all equal gets exactly zero advantage
-    (the numerator is exactly zero only if the mean is exact, so it is forced).
+    ``A_i = (r_i − mean_j r_j) / (std_j r_j + eps)``. The paper does not say which std:
+    ``std_ddof=0`` is the population std (divide by n), ``std_ddof=1`` the sample std
+    (divide by n − 1), which is what verl computes (``torch.std`` in
+    ``core_algos.compute_grpo_outcome_advantage``), so the AT²PO reference code's
+    baselines use it; it needs ``n ≥ 2``. With ``scale_by_std=False`` this is the
+    mean-centred advantage only, identical to :func:`drgrpo`. A group whose rewards are
+    all equal gets exactly zero advantage (the numerator is exactly zero only if the mean
+    is exact, so it is forced).
     """
-    r = _as_float_groups(rewards, min_n=1, name="grpo")
+    if std_ddof not in (0, 1):
+        raise ValueError(f"grpo: std_ddof must be 0 or 1; got {std_ddof}")
+    min_n = 1 + std_ddof if scale_by_std else 1
+    r = _as_float_groups(rewards, min_n=min_n, name="grpo")
     centred = _centre(r)
     if not scale_by_std:
         return centred
-    return centred / (r.std(axis=1, keepdims=True) + eps)
+    return centred / (r.std(axis=1, keepdims=True, ddof=std_ddof) + eps)
 
 
 def drgrpo(rewards: Any) -> Array:
@@ -95,13 +102,14 @@ def _zero_if_all_equal(r: Array, advantage: Array) -> Array:
 class AdvantageConfig:
     """Which group advantage to use.
 
-    ``kind``: one of ``GROUP_ADVANTAGES``. ``scale_by_std`` and ``eps`` apply to
-    ``"grpo"`` only.
+    ``kind``: one of ``GROUP_ADVANTAGES``. ``scale_by_std``, ``eps`` and ``std_ddof``
+    (0: population std, 1: sample std as verl computes it) apply to ``"grpo"`` only.
     """
 
     kind: str = "grpo"
     scale_by_std: bool = True
     eps: float = 1e-6
+    std_ddof: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in GROUP_ADVANTAGES:
@@ -115,6 +123,13 @@ class AdvantageConfig:
                 f"AdvantageConfig.scale_by_std=False only applies to kind='grpo'; "
                 f"kind={self.kind!r} never scales"
             )
+        if self.std_ddof not in (0, 1):
+            raise ValueError(f"AdvantageConfig.std_ddof must be 0 or 1; got {self.std_ddof}")
+        if self.kind != "grpo" and self.std_ddof:
+            raise ValueError(
+                f"AdvantageConfig.std_ddof only applies to kind='grpo'; "
+                f"kind={self.kind!r} never divides by a std"
+            )
 
 
 GROUP_ADVANTAGES: dict[str, Callable[..., Array]] = {
@@ -127,5 +142,5 @@ GROUP_ADVANTAGES: dict[str, Callable[..., Array]] = {
 def group_advantages(rewards: Any, cfg: AdvantageConfig) -> Array:
     """Advantages ``[G, n]`` for rewards ``[G, n]`` as selected by ``cfg``."""
     if cfg.kind == "grpo":
-        return grpo(rewards, scale_by_std=cfg.scale_by_std, eps=cfg.eps)
+        return grpo(rewards, scale_by_std=cfg.scale_by_std, eps=cfg.eps, std_ddof=cfg.std_ddof)
     return GROUP_ADVANTAGES[cfg.kind](rewards)

@@ -48,6 +48,7 @@ Array = jax.Array
 KINDS = ("ppo", "gspo", "atpo")
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 KL_KINDS = ("k1", "k2", "k3")
+OLD_LOGPROBS = ("recompute", "sampler")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,14 @@ class LossConfig:
     ``agg="constant"``. ``kl_coef`` ≥ 0 weighs the KL to the reference policy of type
     ``kl_kind``; ``entropy_coef`` ≥ 0 weighs an entropy bonus. ``log_ratio_clamp`` > 0
     bounds the log-ratio before ``exp``. Settings from the papers are in ``PRESETS``.
+
+    ``old_logprobs`` says where ``old_logp`` (π_old) comes from, which the training loop
+    arranges: ``"recompute"`` scores the batch with the training forward before the first
+    update, as verl does, so the first mini-batch's ratios are exactly 1 (up to the
+    forward's own batch-size dependence); ``"sampler"`` uses the log-probs the sampler
+    recorded, which saves that forward but differs from the training forward by its
+    numerics (bf16 cache, other kernels) unless the model is batch-invariant — with the
+    ATPO clip of 3e-3/4e-3 such a difference alone can clip.
     """
 
     kind: str = "ppo"
@@ -72,9 +81,11 @@ class LossConfig:
     kl_kind: str = "k3"
     entropy_coef: float = 0.0
     log_ratio_clamp: float = 10.0
+    old_logprobs: str = "recompute"
 
     def __post_init__(self) -> None:
         _one_of("kind", self.kind, KINDS)
+        _one_of("old_logprobs", self.old_logprobs, OLD_LOGPROBS)
         _one_of("agg", self.agg, AGGREGATIONS)
         _one_of("kl_kind", self.kl_kind, KL_KINDS)
         if not 0 < self.clip_low < 1:

@@ -16,6 +16,13 @@ Steps (AT²PO, arXiv 2601.04767; spec at2po.md §2):
    of the node's turn gets it.
 
 The root carries no model tokens; its advantage is reported as 0 in every mode.
+
+``"vanilla"`` is the reference code's ablation without credit assignment (its
+``node_adv_mode=vanilla``, the "random tree + GRPO" and Tree-GRPO rows of the paper):
+each leaf's reward gets a group advantage over the tree's leaves (verl's GRPO, here
+:func:`rlpt_jax.algos.advantages.group_advantages`) and every turn on the leaf's path
+carries it in that leaf's training row. A turn shared by several leaves then has one
+advantage per row, not one per node: :attr:`TreeCredit.leaf_advantages` holds them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
+from rlpt_jax.algos.advantages import AdvantageConfig, group_advantages
 
 Weighting = Callable[[np.ndarray], np.ndarray]
 
@@ -63,6 +72,7 @@ ADVANTAGE_MODES: dict[str, str] = {
     "value_minus_parent": "A(n) = V(n) − V(parent(n))",
     "value_minus_root": "A(n) = V(n) − V(root)",
     "parent_plus_root": "A(n) = [V(n) − V(parent(n))] + [V(n) − V(root)]",
+    "vanilla": "A = group advantage of the row's leaf, on every turn of its path",
 }
 
 
@@ -89,11 +99,18 @@ class CreditConfig:
 
 
 class TreeCredit(NamedTuple):
-    """Per-node results, float64 ``[N]``; ``leaves`` are the leaf node ids, ascending."""
+    """Per-node results, float64 ``[N]``; ``leaves`` are the leaf node ids, ascending.
+
+    ``leaf_advantages`` (``"vanilla"`` only, else None) is ``[len(leaves)]``: the
+    advantage every turn of that leaf's row carries. A per-node advantage then exists only
+    where one leaf lies below the node; ``advantages`` is NaN on turns that several leaves
+    share, so that a batch built from it by mistake fails validation instead of training.
+    """
 
     values: np.ndarray
     advantages: np.ndarray
     leaves: np.ndarray
+    leaf_advantages: np.ndarray | None = None
 
 
 def tree_credit(
@@ -101,11 +118,14 @@ def tree_credit(
     entropy: Sequence[float],
     leaf_reward: Mapping[int, float] | Sequence[float] | np.ndarray,
     cfg: CreditConfig = CreditConfig(),
+    group: AdvantageConfig | None = None,
 ) -> TreeCredit:
     """Turn values and advantages of one tree.
 
     ``leaf_reward`` is either a mapping ``{leaf id: reward}`` that must hold exactly the
     leaves, or an ``[N]`` array whose entries at leaves are used (inner entries ignored).
+    ``group`` is the leaves' group advantage of the ``"vanilla"`` mode (default: GRPO's
+    z-score, population std; unused by the other modes).
     Raises ``ValueError`` naming the offending node for a malformed tree.
     """
     par = _validate_parents(parents)
@@ -128,6 +148,8 @@ def tree_credit(
             if kids:
                 values[node] = weigh(ent[kids]) @ values[kids]
 
+    if cfg.advantage == "vanilla":
+        return _vanilla(values, par, leaves, rewards, group or AdvantageConfig())
     return TreeCredit(values, _advantages(values, par, cfg.advantage), leaves)
 
 
@@ -254,3 +276,30 @@ def _advantages(values: np.ndarray, par: np.ndarray, mode: str) -> np.ndarray:
     }[mode].copy()
     adv[0] = 0.0
     return adv
+
+
+def _vanilla(
+    values: np.ndarray,
+    par: np.ndarray,
+    leaves: np.ndarray,
+    rewards: np.ndarray,
+    group: AdvantageConfig,
+) -> TreeCredit:
+    """The reference code's ``node_adv_mode=vanilla``: no credit assignment.
+
+    The leaves of the tree are one group (verl's ``uid`` per tree); each leaf's group
+    advantage is broadcast over its whole row, shared turns included.
+    """
+    leaf_adv = np.asarray(group_advantages(rewards[None, :], group), np.float64)[0]
+    below: list[list[int]] = [[] for _ in range(par.size)]  # leaf positions under each node
+    for pos, leaf in enumerate(leaves):
+        node = int(leaf)
+        while node > 0:
+            below[node].append(pos)
+            node = int(par[node])
+    adv = np.full(par.size, np.nan)
+    adv[0] = 0.0
+    for node in range(1, par.size):
+        if len(below[node]) == 1:
+            adv[node] = leaf_adv[below[node][0]]
+    return TreeCredit(values, adv, leaves, leaf_adv)

@@ -50,6 +50,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_key_value_heads=8,
         tie_word_embeddings=True,
     ),
+    # Qwen2.5-7B-Instruct, the AT²PO paper's third backbone (its Table 1): q/k/v biases
+    # (model_type qwen2), untied head, 152064-row embedding (config.json on the Hub).
+    "qwen2.5-7b": dict(
+        model_type="qwen2",
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        hidden_act="silu",
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    ),
     "llama-3.2-3b": dict(
         model_type="llama",
         vocab_size=128256,

@@ -31,10 +31,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlpt_jax import parallel
 from rlpt_jax.batch import RLBatch
 from rlpt_jax.models.decoder import logits_transposed, token_logprob_entropy
 from rlpt_jax.train.state import TrainState
@@ -236,6 +238,60 @@ def make_logprob_step(
     row = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
     out = LogProbs(logp=row, entropy=row if with_entropy else None)
     return jax.jit(step, in_shardings=(param_shardings, row, row, row), out_shardings=out)
+
+
+def score_batch(
+    logprob: Callable[[nnx.State, Array, Array, Array], LogProbs],
+    params: nnx.State,
+    batch: RLBatch,
+    mesh: Mesh | None = None,
+    rows: int | None = None,
+) -> np.ndarray:
+    """Host ``[B, T]`` log-probs of a host batch's tokens under ``params``, through the
+    jitted ``logprob`` step (sharded over ``mesh`` when given), ``rows`` rows per call
+    (None: all at once). Scoring a large batch in slices as small as the update's
+    micro-batches bounds the forward's activations by theirs (verl scores in micro-batches
+    too); every slice has one shape, so the step compiles once."""
+    b = batch.shape[0]
+    rows = b if rows is None else rows
+    if rows < 1 or b % rows:
+        raise ValueError(f"{b} rows do not split into slices of {rows}")
+    out = []
+    for i in range(0, b, rows):
+        fields = tuple(
+            np.asarray(x)[i : i + rows] for x in (batch.tokens, batch.positions, batch.segment_ids)
+        )
+        if mesh is not None:
+            fields = parallel.shard_batch(fields, mesh)
+        out.append(np.asarray(logprob(params, *fields).logp))
+    return np.concatenate(out)
+
+
+def recompute_old_logp(
+    logprob: Callable[[nnx.State, Array, Array, Array], LogProbs],
+    params: nnx.State,
+    batch: RLBatch,
+    mesh: Mesh | None = None,
+    rows: int | None = None,
+) -> tuple[RLBatch, dict[str, float]]:
+    """The batch with π_old scored by the training forward (``loss.old_logprobs=
+    "recompute"``, verl's choice), and how far the sampler's log-probs were from it.
+
+    With ``params`` the weights the rollout sampled with, the update step's first
+    mini-batch then sees ratio 1 wherever its forward reproduces this one (exactly, for a
+    batch-invariant model), so the clip acts on the policy's change, not on the
+    difference between sampling and training numerics. Metrics, over loss tokens:
+    ``train/old_logp_diff_max`` and ``train/old_logp_diff_mean`` of
+    ``|sampler − recomputed|``. ``rows``: rows per scoring call (:func:`score_batch`).
+    """
+    old = score_batch(logprob, params, batch, mesh, rows)
+    mask = np.asarray(batch.loss_mask) > 0
+    diff = np.abs(old - np.asarray(batch.old_logp))[mask]
+    metrics = {
+        "train/old_logp_diff_max": float(diff.max(initial=0.0)),
+        "train/old_logp_diff_mean": float(diff.mean()) if diff.size else 0.0,
+    }
+    return batch.replace(old_logp=np.where(mask, old, 0.0).astype(np.float32)), metrics
 
 
 # ---------------------------------------------------------------------------------------
