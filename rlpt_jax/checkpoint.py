@@ -11,12 +11,22 @@ A checkpoint is one step directory under ``directory`` holding three Orbax items
 
 Saves are asynchronous: ``save`` returns once the arrays are copied off the device (so the
 caller may donate the state to the next step), and the files are written in the background.
-After Orbax reports a save complete, a manifest (``rlpt_manifest.json``: every file's size,
-and its SHA-256 if ``checksum``) is written into the step directory. ``restore_latest``
-checks the manifest and then restores; a step that fails either check is skipped with a
-warning naming it and the step used instead, and moved to ``directory/corrupt/`` so the
-resumed run can save that step number again. A step without a manifest (the process died
-between the save and the manifest) is trusted as far as Orbax can read it.
+A manifest (``rlpt_manifest.json``: every file's size, and its SHA-256 if ``checksum``) is
+written into the step's temporary directory after its files and before Orbax's atomic
+rename commits the step, so a committed step always has its manifest: a crash leaves either
+a complete step with its manifest or only a temporary directory, which Orbax ignores (and
+replaces when that step is saved again). ``restore_latest`` checks the manifest and then
+restores; a step that fails either check is skipped with a warning naming it and the step
+used instead, and moved to ``directory/corrupt/`` so the resumed run can save that step
+number again. A step without a manifest (written before manifests were committed with the
+step) is trusted as far as Orbax can read it.
+
+A save that fails raises :class:`CheckpointError` naming the step directory: at the failing
+``save`` when its directory cannot be created (a read-only or missing folder), else at the
+first ``save`` or :meth:`Checkpointer.check` after the background write failed (a full
+disk). The training loop calls ``save`` every step, so a run stops at the first step that
+ends after the failure instead of training on without checkpoints; ``close`` never hangs on
+a failed save.
 
 Retention: the last ``max_to_keep`` checkpoints, plus — if ``best_metric`` is set — the
 ``keep_best`` best by that metric (``best_mode`` ``"min"`` or ``"max"``), kept in addition.
@@ -24,6 +34,8 @@ Retention: the last ``max_to_keep`` checkpoints, plus — if ``best_metric`` is 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,6 +51,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
+from orbax.checkpoint.path import atomicity
 
 MANIFEST = "rlpt_manifest.json"
 CORRUPT_DIR = "corrupt"
@@ -46,8 +59,13 @@ _ITEMS = ("state", "extra", "meta")
 _FORMAT = 1
 
 
+# Orbax's own commit records at the top of a step directory, rewritten by the rename that
+# commits the step, after the manifest is written: not covered by the manifest.
+_COMMIT_FILES = frozenset({"_CHECKPOINT_METADATA", atomicity.COMMIT_SUCCESS_FILE})
+
+
 class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be used (corrupt, or not matching the target)."""
+    """A checkpoint cannot be used (corrupt, or not matching the target) or written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +189,13 @@ def _file_digest(path: Path) -> str:
 
 
 def _list_files(step_dir: Path) -> list[Path]:
-    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(
+        p
+        for p in step_dir.rglob("*")
+        if p.is_file()
+        and p.name != MANIFEST
+        and not (p.parent == step_dir and p.name in _COMMIT_FILES)
+    )
 
 
 def write_manifest(step_dir: str | os.PathLike, checksum: bool = False) -> None:
@@ -208,6 +232,29 @@ def verify_manifest(step_dir: str | os.PathLike) -> str | None:
         if "sha256" in entry and _file_digest(p) != entry["sha256"]:
             return f"file {rel} does not match its recorded SHA-256"
     return None
+
+
+class _StepWithManifest(atomicity.AtomicRenameTemporaryPath):
+    """Orbax's atomic-rename step directory, with the manifest written into it just before
+    the rename, so that the manifest commits with its step: a manifest written after the
+    commit is missing whenever the process dies in between.
+
+    Orbax uses this class for the item directories inside a step too; only the step
+    directory itself (a child of ``root``) gets a manifest. Subclassed per
+    :class:`Checkpointer` to set ``root`` and ``checksum``.
+    """
+
+    root: Path
+    checksum: bool = False
+
+    async def finalize(self) -> None:
+        if Path(self.get_final()).parent == self.root:
+            await asyncio.to_thread(write_manifest, Path(self.get()), self.checksum)
+        await super().finalize()
+
+
+def _step_path_class(root: Path, checksum: bool) -> type[_StepWithManifest]:
+    return type("StepWithManifest", (_StepWithManifest,), {"root": root, "checksum": checksum})
 
 
 class Checkpointer:
@@ -253,10 +300,16 @@ class Checkpointer:
             best_fn=self._metric_value if cfg.best_metric is not None else None,
             best_mode=cfg.best_mode,
             enable_async_checkpointing=cfg.async_save,
+            # Directories are made in save() itself: a folder that cannot be written fails
+            # that save, and no background thread is left waiting for a directory that
+            # will never exist (with asynchronous creation the process hung at exit).
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+            temporary_path_class=_step_path_class(self.directory, cfg.checksum),
             create=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
-        self._unverified: list[int] = []
+        self._saving: int | None = None  # the step of the last save started
+        self._failure: CheckpointError | None = None
 
     def _metric_value(self, metrics: Mapping[str, Any]) -> float:
         """Ranking value for BestN (ascending = better last); NaN ranks worst."""
@@ -288,8 +341,8 @@ class Checkpointer:
         (a checkpoint saved without it is never kept as a best one). Raises if ``extra`` is
         not JSON-serialisable or ``metrics`` lack the configured ``best_metric``.
         """
+        self.check()
         if not (force or self._manager.should_save(step)):
-            self._finish_manifests()
             return False
         extra = _check_json(extra or {})
         if metrics is not None:
@@ -301,36 +354,54 @@ class Checkpointer:
                 )
         encoded, impls = _encode_keys(state)
         meta = {"format": _FORMAT, "key_impls": impls}
-        # Orbax waits for the previous save before starting one; wait here so that save's
-        # manifest is written first.
-        self._manager.wait_until_finished()
-        self._finish_manifests()
-        saved = self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(encoded),
-                extra=ocp.args.JsonSave(extra),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=metrics,
-            force=force,
-        )
-        if saved:
-            self._unverified.append(step)
-            if not self.config.async_save:
-                self._finish_manifests()
-        return saved
+        # Orbax waits for the previous save before starting one; waiting here names that
+        # save if it failed.
+        self._finished_or_raise()
+        self._saving = step
+        try:
+            return self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(encoded),
+                    extra=ocp.args.JsonSave(extra),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                metrics=metrics,
+                force=force,
+            )
+        except Exception as e:  # Orbax raises OSError, ValueError or bare Exceptions
+            raise self._failed(step, e) from e
 
-    def _finish_manifests(self) -> None:
-        """Write manifests of the saves Orbax has completed (process 0 only)."""
-        if not self._unverified or self._manager.is_saving_in_progress():
-            return
-        if jax.process_index() == 0:
-            for step in self._unverified:
-                step_dir = self.step_dir(step)
-                if step_dir.is_dir():  # not already removed by retention
-                    write_manifest(step_dir, self.config.checksum)
-        self._unverified.clear()
+    def check(self) -> None:
+        """Raise :class:`CheckpointError` if a background save has failed; never blocks.
+
+        ``save`` calls it on every step, saving or not, so a failed write stops the run at
+        the next step instead of at the end.
+        """
+        if self._failure is not None:
+            raise self._failure
+        if not self._manager.is_saving_in_progress():
+            self._finished_or_raise()
+
+    def _finished_or_raise(self) -> None:
+        """Wait for the save in progress; a failed one becomes a :class:`CheckpointError`."""
+        if self._failure is not None:
+            raise self._failure
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._failed(self._saving, e) from e
+
+    def _failed(self, step: int | None, error: Exception) -> CheckpointError:
+        """The error of a failed save, remembered: later calls raise it again."""
+        where = self.step_dir(step) if step is not None else self.directory
+        self._failure = CheckpointError(
+            f"saving checkpoint step {step} to {where} failed: {type(error).__name__}: "
+            f"{str(error)[:500]}. The run stops rather than train on without checkpoints: "
+            f"make sure {self.directory} is writable and has free space, then rerun the "
+            f"same command to resume from the last good checkpoint"
+        )
+        return self._failure
 
     def all_steps(self) -> list[int]:
         """Steps with a completed checkpoint, ascending."""
@@ -442,13 +513,22 @@ class Checkpointer:
         shutil.move(str(self.step_dir(step)), str(dest))
 
     def wait(self) -> None:
-        """Block until pending saves are written and their manifests recorded."""
-        self._manager.wait_until_finished()
-        self._finish_manifests()
+        """Block until pending saves are committed; raises :class:`CheckpointError` if one
+        failed."""
+        self._finished_or_raise()
 
     def close(self) -> None:
-        """Finish pending saves and release Orbax's resources."""
-        self.wait()
+        """Finish pending saves and release Orbax's resources.
+
+        After a failed save, raises its :class:`CheckpointError` once Orbax's threads are
+        stopped, so that the process can exit.
+        """
+        try:
+            self._finished_or_raise()
+        except CheckpointError:
+            with contextlib.suppress(Exception):  # Orbax raises the same failure again
+                self._manager.close()
+            raise
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:

@@ -5,6 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -284,3 +290,94 @@ def test_state_may_be_donated_right_after_an_async_save(tmp_path):
         state = step(state)
         restored = ckpt.restore_latest(state)
     np.testing.assert_array_equal(np.asarray(restored.state["w"]), expected)
+
+
+# -- issue 21: a manifest per committed step, failed saves that stop the run ----------------
+
+
+def test_a_step_directory_appears_with_its_manifest(tmp_path):
+    """The manifest is written before the rename that commits the step, so a process that
+    dies right after the commit leaves it. Before, it was written at the next save() or
+    wait(): a crash in between left a committed step without one."""
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(save_every=1))
+    for step in (1, 2):
+        ckpt.save(step, _bump(_state(), step), extra={"step": step})
+        while not ckpt.step_dir(step).is_dir():  # committed; this process calls nothing else
+            time.sleep(0.005)
+        assert (ckpt.step_dir(step) / MANIFEST).is_file()
+        assert verify_manifest(ckpt.step_dir(step)) is None
+    ckpt.close()
+    names = json.loads((ckpt.step_dir(2) / MANIFEST).read_text())["files"]
+    assert "extra/metadata" in names and any(n.startswith("state/") for n in names)
+
+
+# A training loop in miniature: one save per step, the folder read-only after step 1.
+_READ_ONLY_RUN = """
+import os, sys
+import jax.numpy as jnp
+from rlpt_jax.checkpoint import CheckpointConfig, Checkpointer
+
+directory = sys.argv[1]
+ckpt = Checkpointer(directory, CheckpointConfig(save_every=1))
+state = {"w": jnp.ones((64, 64))}
+for step in range(1, 5):
+    ckpt.save(step, state, extra={"step": step})
+    print("saved", step, flush=True)
+    if step == 1:
+        ckpt.wait()
+        os.chmod(directory, 0o555)
+ckpt.close()
+"""
+
+
+def _without_root_override() -> list[str]:
+    """A command prefix under which permission bits bind (root ignores them otherwise)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
+
+
+def test_read_only_checkpoint_folder_stops_at_the_failing_save_and_the_process_exits(tmp_path):
+    """Before: save 2 "succeeded", save 3 raised a bare PermissionError, and the process
+    then hung at exit in Orbax's threads (waiting for a directory that never came)."""
+    directory = tmp_path / "checkpoints"
+    cmd = [*_without_root_override(), sys.executable, "-c", _READ_ONLY_RUN, str(directory)]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    root = Path(__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit after a failed checkpoint save")
+    finally:
+        if directory.exists():
+            directory.chmod(0o755)
+    assert proc.returncode != 0
+    assert proc.stdout.split("\n")[:-1] == ["saved 1"], proc.stdout
+    assert "CheckpointError: saving checkpoint step 2 to " + str(directory / "2") in proc.stderr
+    assert "Permission denied" in proc.stderr
+
+
+def test_a_failed_background_write_stops_the_next_step(tmp_path, monkeypatch):
+    """A write that fails in the background (a full disk) raises at the next save, naming
+    the step, and again at close, which still releases Orbax's threads."""
+    from rlpt_jax import checkpoint as ckpt_lib
+
+    def full_disk(step_dir, checksum=False):
+        raise OSError(28, "No space left on device")
+
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(save_every=2))
+    monkeypatch.setattr(ckpt_lib, "write_manifest", full_disk)
+    ckpt.save(2, _state())
+    deadline = time.monotonic() + 60
+    with pytest.raises(CheckpointError, match=f"step 2 to {tmp_path / '2'} failed.*No space"):
+        while time.monotonic() < deadline:  # step 3 saves nothing: only the check runs
+            ckpt.save(3, _state())
+            time.sleep(0.01)
+    with pytest.raises(CheckpointError, match="step 2"):
+        ckpt.close()
+    assert [t.name for t in threading.enumerate() if not t.daemon] == ["MainThread"]
+    assert not ckpt.step_dir(2).exists()  # never committed
