@@ -7,20 +7,52 @@ Run (from the repository root):
     python launch/train.py --config=configs/at2po_qwen.py:qwen3_4b \\
         --config.model.path=/ckpt/Qwen3-4B --config.search.url=http://retriever:8000 \\
         --config.qa.train=/data/hotpotqa/train.jsonl --workdir=runs/at2po_4b
-    # baselines on the same data: grpo (16 chains), dapo, gspo, random_tree
+    # baselines on the same data: grpo (16 chains), dapo, gspo, random_tree (Tree-GRPO)
     python launch/train.py --config=configs/at2po_qwen.py:grpo --config.model.path=...
+    # the paper's third backbone, Qwen2.5-7B-Instruct
+    python launch/train.py --config=configs/at2po_qwen.py:qwen2_5_7b \\
+        --config.model.path=/ckpt/Qwen2.5-7B-Instruct ...
     # the embedded default: SmolLM2-135M, BM25 over the Wikipedia intros, embedded QA set
     python launch/train.py --config=configs/at2po_qwen.py:cpu --workdir=runs/at2po_cpu
 
-Variants: ``qwen3_4b`` (default), ``qwen3_8b``, ``grpo``, ``dapo``, ``gspo``,
-``random_tree``, ``cpu``, ``tiny`` (tests). Where the paper and its reference code differ,
-the paper is the default and the code's choice is an option: ``credit.weighting``
-(``linear`` paper / ``softmax`` code), ``tree.alpha`` (none in the paper, 0.05 in code).
+Variants: ``qwen3_4b`` (default), ``qwen3_8b``, ``qwen2_5_7b`` (the paper's 3
+backbones), ``grpo``, ``dapo``, ``gspo`` (chain baselines), ``random_tree`` (Tree-GRPO),
+``random_tree_atpo``, ``tree_vanilla`` (ablations), ``cpu``, ``tiny`` (tests). The rows of
+the paper's ablation (Table 2, Qwen3-4B multi-hop): random tree + GRPO loss =
+``random_tree``; + ATPO loss = ``random_tree_atpo``; + entropy-guided expansion =
+``tree_vanilla``; + turn-wise credit assignment = ``qwen3_4b``. Where the paper and its
+reference code differ, the paper is the default and the code's choice is an option:
+``credit.weighting`` (``linear`` paper / ``softmax`` code), ``tree.alpha`` (none in the
+paper, 0.05 in code).
+Where the paper is silent the reference code decides: ``env.require_think`` and
+``env.over_limit_invalid`` (format incentives, both on), ``env.stop_at_answer`` (off: the
+EOS after ``</answer>`` is trained). The paper variants prompt with Fig. 6's layout
+(``PAPER_PROMPT``); ``cpu``/``tiny`` keep the compact prompt their cold start teaches.
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+# The prompt of the paper's Fig. 6 (structure, our wording), laid out as the reference
+# code's data preparation does (data_process/hotpotqa_multihop_train.py): one system
+# message with the question in its {question} field, stripped and ending in "?"
+# (rlpt_jax.rollout.at2po.prompt_ids).
+PAPER_PROMPT = (
+    "You answer questions step by step with the help of a Wikipedia search tool: first "
+    "think the question through, then answer it. While thinking you may search Wikipedia "
+    "for facts about specific topics, as many times as you need. Write your reasoning "
+    "inside <think> </think> and your answer inside <answer> </answer>; write each search "
+    "query inside <search> </search>, and its results will come back inside <result> "
+    "</result>. For example: <think> your reasoning </think> <search> a query </search> "
+    "<result> what the search found </result> <think> more reasoning </think> <answer> "
+    "The final answer is \\[ \\boxed{your answer} \\] </answer>. Always give the exact "
+    "final answer inside \\boxed{} in LaTeX.\n"
+    "\n"
+    "Question: {question}"
+)
+
+# The compact prompt of the CPU variants (system message; the question follows as a user
+# message): their cold start's demonstrations are written in this format.
 SYSTEM_PROMPT = (
     "Answer the question. Think inside <think> and </think>. To look something up, write "
     "<search> query </search>; results come back between <result> and </result>. Search "
@@ -30,10 +62,26 @@ SYSTEM_PROMPT = (
 )
 
 
-VARIANTS = ("qwen3_4b", "qwen3_8b", "grpo", "dapo", "gspo", "random_tree", "cpu", "tiny")
+VARIANTS = (
+    "qwen3_4b",
+    "qwen3_8b",
+    "qwen2_5_7b",
+    "grpo",
+    "dapo",
+    "gspo",
+    "random_tree",
+    "random_tree_atpo",
+    "tree_vanilla",
+    "cpu",
+    "tiny",
+)
 
 
-# The chain baselines differ from ATPO in their loss only (settings as published).
+# The chain baselines' losses, as the paper's experimental setup lists them: GRPO with KL
+# 0.001 and clip 0.2 (the reference's AEPO/scripts/GRPO_qwen3_4B.sh: kl_loss_coef=0.001;
+# ATPO/scripts/config/ppo_trainer_dr.yaml: clip_ratio 0.2, loss_agg_mode token-mean);
+# DAPO's clip-higher 0.2/0.28 and token-level loss (DAPO, arXiv 2503.14476, Sec. 3.1 and
+# 3.3); GSPO's sequence ratio with clip 3e-4/4e-4 (GSPO, arXiv 2507.18071, its setup).
 CHAIN_BASELINES = {
     "grpo": dict(kind="ppo", clip_low=0.2, clip_high=0.2, agg="token_mean", kl_coef=0.001),
     "dapo": dict(kind="ppo", clip_low=0.2, clip_high=0.28, agg="token_mean", kl_coef=0.0),
@@ -77,12 +125,30 @@ def base() -> ml_collections.ConfigDict:
         alpha=0.05,
         expansion="entropy",
         max_response_tokens=6192,
-        max_turn_tokens=1024,
+        # No per-turn cap: the paper caps only the response (6192 tokens), as does the
+        # reference (MAX_RESPONSE_LENGTH in ATPO/scripts/ATPO_qwen3_4B.sh).
+        max_turn_tokens=placeholder(int),
         max_turns=8,
         seed=0,
     )
+    # Paper, turn-wise credit: linear entropy weights, A = V (the reference's node_value,
+    # ATPO/scripts/ATPO_qwen3_4B.sh); "vanilla" is its ablation without credit assignment.
     c.credit = dict(weighting="linear", advantage="value")
-    c.env = dict(topk=3, max_chars=1000, max_tool_calls=6)
+    # Paper: top-3 passages of at most 1000 characters, at most 6 tool calls.
+    c.env = dict(
+        topk=3,
+        max_chars=1000,
+        max_tool_calls=6,
+        # Reference code (ATPO/verl_atpo/verl/utils/reward_score/deep_research_em.py,
+        # validate_format): a response without a paired <think> block is invalid (-1).
+        require_think=True,
+        # Reference code (vllm_rollout_with_tools_tree_offline.py): a search past the limit
+        # gets a notice without <result> tags, which validate_format then rejects (-1).
+        over_limit_invalid=True,
+        # Reference code: generation stops only at </search> (and EOS), so the EOS after
+        # </answer> is sampled and trained.
+        stop_at_answer=False,
+    )
     c.search = dict(
         backend="http",
         url="http://127.0.0.1:8000",
@@ -90,10 +156,18 @@ def base() -> ml_collections.ConfigDict:
         retries=3,
         index_dir=placeholder(str),
     )
+    # format_penalty: the paper's -1 for an invalid format; system_prompt: Fig. 6.
     c.qa = dict(
-        train="embedded", eval=("embedded",), format_penalty=-1.0, system_prompt=SYSTEM_PROMPT
+        train="embedded", eval=("embedded",), format_penalty=-1.0, system_prompt=PAPER_PROMPT
     )
-    c.advantage = dict(kind="grpo", scale_by_std=True)  # used by the chain baselines
+    # The leaves' group advantage of credit.advantage="vanilla" (the chain baselines and
+    # the Tree-GRPO / ablation variants; ATPO's "value" credit does not read it): verl's
+    # GRPO as the reference code runs it (algorithm.adv_estimator=grpo,
+    # norm_adv_by_std_in_grpo=True; core_algos.compute_grpo_outcome_advantage divides by
+    # torch.std, the sample std, + 1e-6).
+    c.advantage = dict(kind="grpo", scale_by_std=True, std_ddof=1)
+    # DAPO's rollout-side techniques (arXiv 2503.14476), off except in the dapo variant.
+    c.dapo = dict(dynamic_sampling=False, max_rounds=10, overlong_buffer=0, overlong_penalty=1.0)
     # ATPO: per-turn ratio, eps 3e-3 / 4e-3, log-ratio clamp 10, no KL, no entropy bonus.
     c.loss = dict(
         kind="atpo",
@@ -104,6 +178,9 @@ def base() -> ml_collections.ConfigDict:
         kl_kind="k3",
         entropy_coef=0.0,
         log_ratio_clamp=10.0,
+        # pi_old from the training forward, as the reference code's verl actor does
+        # (compute_log_prob before the update); the sampler's differ by their numerics.
+        old_logprobs="recompute",
     )
     # AdamW lr 1e-6 constant, wd 0.01, clip 1.0; 240 steps; mini-batch 8 prompts (8 updates).
     c.optim = dict(
@@ -119,10 +196,17 @@ def base() -> ml_collections.ConfigDict:
         kl_to_init=True,  # log KL(policy || initial policy); one extra forward a step
         peak_tflops=placeholder(float),  # summed device peak, for the MFU metric
     )
-    c.eval = dict(every=20, num_prompts=512, ntp_docs=0, ntp_max_tokens=256, max_new_tokens=6192)
+    # num_prompts None: the full test sets (paper Table 1 and its test-set sizes; the
+    # averages weight each dataset by its questions, as eval/em_avg does).
+    c.eval = dict(
+        every=20, num_prompts=placeholder(int), ntp_docs=0, ntp_max_tokens=256, max_new_tokens=6192
+    )
     c.checkpoint = dict(
         save_every=20, max_to_keep=3, best_metric="eval/em_avg", best_mode="max", async_save=True
     )
+    # A step whose retriever failed for more than half its requests is skipped and counted;
+    # 3 such steps in a row save a checkpoint and stop the run (README: "Outages").
+    c.outage = dict(max_failure_fraction=0.5, max_failed_steps=3)
     c.export_hf = True
     # The paper starts RL from an instruct model that follows the protocol; None here.
     c.cold_start = None
@@ -138,13 +222,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base()
     if variant in ("qwen3_4b", "qwen3_8b"):
         c.model.arch = variant.replace("_", "-")
-    elif variant in CHAIN_BASELINES:  # 16 independent chains with the baseline's loss
+    elif variant == "qwen2_5_7b":  # Qwen2.5-7B-Instruct (paper Table 1, third backbone)
+        c.model.arch = "qwen2.5-7b"
+    elif variant in CHAIN_BASELINES:
+        # 16 independent chains (the paper's baseline setup), each leaf's GRPO advantage
         c.tree.expansion = "chains"
         c.tree.num_chains, c.tree.rounds, c.tree.picks = 16, 0, 0
+        c.credit.advantage = "vanilla"
         c.loss.update(CHAIN_BASELINES[variant])
-    elif variant == "random_tree":  # Tree-GRPO-style random expansion, same tree budget
-        c.tree.expansion = "random"
-    if variant in ("grpo", "dapo", "gspo", "random_tree"):
+    elif variant in ("random_tree", "random_tree_atpo", "tree_vanilla"):
+        # Tree-GRPO (arXiv 2509.21240) and the paper's Table 2 ablations: the same tree
+        # budget, each leaf's group advantage on its whole path (the reference code's
+        # node_adv_mode=vanilla); random_tree also has GRPO's loss.
+        c.tree.expansion = "entropy" if variant == "tree_vanilla" else "random"
+        c.credit.advantage = "vanilla"
+        if variant == "random_tree":
+            c.loss.update(CHAIN_BASELINES["grpo"])
+    if variant == "dapo":
+        # DAPO as published: dynamic sampling and overlong shaping besides its loss (Sec.
+        # 3.2, 3.4). Buffer 2000 of the 6192-token response: the reference's baseline
+        # script (AEPO/scripts/GRPO_qwen3_4B.sh, OVERLONG_BUFFER_LEN=2000, factor 1.0);
+        # at most 10 sampling rounds: ppo_trainer_dr.yaml filter_groups.max_num_gen_batches.
+        c.dapo.update(dynamic_sampling=True, max_rounds=10, overlong_buffer=2000)
+    if variant in ("grpo", "dapo", "gspo", "random_tree", "random_tree_atpo", "tree_vanilla"):
         c.model.arch = "qwen3-4b"
     if variant in ("cpu", "tiny"):
         cpu = variant == "cpu"
@@ -167,12 +267,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             expansion="entropy",
             # a search turn quotes a sentence (~50 tokens), a result is ~150 tokens
             max_response_tokens=384 if cpu else 48,
+            # A per-turn cap (the paper has none) ends a rambling turn of the 135M model
+            # early instead of letting it spend the whole budget on CPU time.
             max_turn_tokens=96 if cpu else 16,
             max_turns=4,
             seed=0,
         )
         c.env.max_chars = 300
         c.env.topk = 2
+        # The cold start teaches the compact prompt's format; its 135M model also stops at
+        # </answer>, so no CPU time goes to text after the answer (EOS is not trained).
+        c.qa.system_prompt = SYSTEM_PROMPT
+        c.env.stop_at_answer = True
         c.optim.learning_rate = 2e-6
         c.train.update(
             steps=6 if cpu else 2,

@@ -68,13 +68,23 @@ def base() -> ml_collections.ConfigDict:
         heldout_fraction=0.02,
         seed=0,
     )
-    # [ours] lambda realised as the MSR sampling share
-    c.tasks = dict(msr_fraction=0.5, seed=0)
+    c.tasks = dict(
+        # The paper's lambda in J = E_ASR[r] + lambda * E_MSR[r] (RLPT v2, the
+        # next-segment reasoning objective: lambda in (0, 1), value not reported).
+        # [ours] 0.5, realised as the MSR sampling share lambda / (1 + lambda) = 1/3.
+        msr_lambda=0.5,
+        # RLPT v2's printed ASR and MSR prompts (structure, our wording; tasks.py);
+        # "compact": this project's earlier prompts.
+        prompt_style="paper",
+        seed=0,
+    )
     c.chat_template = True
     # The judge model is not named in the paper; serve a strong instruct model over HTTP.
     c.judge = dict(
         kind="http",
-        mode="prefix",
+        mode="prefix",  # RLPT v2: prefix-semantics reward ("strict": its earlier variant)
+        # RLPT v2's printed generative-judge prompt (structure, our wording; judges.py)
+        prompt_style="paper",
         unparseable_reward=0.0,
         # [ours] warn (with an example reply) when more than this share has no verdict
         warn_unparseable_frac=0.1,
@@ -105,7 +115,12 @@ def base() -> ml_collections.ConfigDict:
         cache_dtype="bfloat16",
         sampler_rows=64,
     )
-    c.advantage = dict(kind="grpo", scale_by_std=True)
+    # RLPT paper: GRPO's group z-score; which std it does not say [ours: population, 0].
+    c.advantage = dict(kind="grpo", scale_by_std=True, std_ddof=0)
+    # DAPO's rollout-side techniques (arXiv 2503.14476; rlpt_jax.algos.dapo), off: the paper
+    # trains with GRPO. DAPO's own settings: an overlong buffer of 4096 tokens of a
+    # 20480-token maximum (its Sec. 4.1); at most 10 sampling rounds (verl's DAPO recipe).
+    c.dapo = dict(dynamic_sampling=False, max_rounds=10, overlong_buffer=0, overlong_penalty=1.0)
     # On-policy GRPO, no KL; clip eps [ours: 0.2], aggregation [ours: token mean].
     c.loss = dict(
         kind="ppo",
@@ -115,6 +130,9 @@ def base() -> ml_collections.ConfigDict:
         kl_coef=0.0,
         kl_kind="k3",
         entropy_coef=0.0,
+        # [ours; the paper is silent] pi_old from the training forward, as verl computes it,
+        # so "on-policy" ratios are 1 and not the sampler's numerics (bf16 cache).
+        old_logprobs="recompute",
     )
     c.optim = dict(
         learning_rate=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0, grad_clip=1.0
@@ -133,6 +151,9 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint = dict(
         save_every=50, max_to_keep=3, best_metric=placeholder(str), best_mode="max", async_save=True
     )
+    # A step whose judge failed for more than half its requests is skipped and counted;
+    # 3 such steps in a row save a checkpoint and stop the run (README: "Outages").
+    c.outage = dict(max_failure_fraction=0.5, max_failed_steps=3)
     c.export_hf = True
     # The paper's cold-start SFT stage (instruction following before RLPT); None here
     # because its data is not published: point model.path at your SFT export instead.
@@ -173,7 +194,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.rollout.samples_per_prompt = 4 if variant == "cpu" else 2
         # room for the tags and a whole sentence (~40 tokens after the cold start)
         c.rollout.max_new_tokens = 64 if variant == "cpu" else 12
-        c.rollout.max_prompt_tokens = 192
+        # An MSR prompt (instruction, a context of <= 96 tokens, s_{i+1}) reaches ~250
+        # tokens; a longer one is cut from the left, losing its chat header.
+        c.rollout.max_prompt_tokens = 256
         c.rollout.cache_dtype = "float32"
         # A 135M model needs a larger step than the paper's 1e-6 to move in a few steps.
         c.optim.learning_rate = 2e-6

@@ -2,10 +2,17 @@
 
 Leaf reward (spec at2po.md): exact match of the ``\\boxed{}`` answer against the gold
 answers (SQuAD normalisation), or ``format_penalty`` (−1) when the response breaks the
-protocol; F1 is reported as a metric. Advantages come from
+protocol; F1 is reported as a metric. Only the model's own tokens are parsed: every tool
+insertion is opaque (:func:`rlpt_jax.envs.tags.model_view`), so a retrieved passage that
+contains ``</result>`` cannot make a correct answer malformed. The environment's format
+rules apply (``env.require_think``, ``env.over_limit_invalid``). Advantages come from
 :func:`rlpt_jax.algos.tree_credit.tree_credit` per tree, and every model token of a turn
-carries its node's advantage. A trajectory whose search failed (``tool_error``) or ran out
-of budget is a counted leaf that gets the format penalty.
+carries its node's advantage (in the ``vanilla`` ablation: its row's leaf's). A
+trajectory that ran out of budget is a counted leaf that gets the format penalty. One whose
+search failed in the retriever (``tool_error``) is scored the same for the metrics but not
+trained on: its row is masked and its tree's credit computed as if it had not been sampled
+(``outage/masked_leaves``; the step-level outage policy is ``ExperimentConfig.outage``).
+DAPO's dynamic sampling and overlong shaping (:mod:`rlpt_jax.algos.dapo`) are options.
 
 Every step logs every turn outcome (``env/<outcome>``) and the retriever requests made
 (``env/backend_calls``), zeros included: a run whose policy never searched, or whose
@@ -15,13 +22,16 @@ retriever was never reached, shows it in the metrics instead of leaving the key 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from rlpt_jax.algos.tree_credit import CreditConfig, tree_credit
+from rlpt_jax.algos.advantages import AdvantageConfig
+from rlpt_jax.algos.dapo import DAPOConfig, fill_groups, overlong_penalty
+from rlpt_jax.algos.tree_credit import CreditConfig, TreeCredit, tree_credit
 from rlpt_jax.batch import RLBatch, bucket_length, make_batch, pad_batch
-from rlpt_jax.envs.search_env import OUTCOMES
+from rlpt_jax.envs.search_env import OUTCOMES, SearchEnvConfig
+from rlpt_jax.envs.tags import model_view
 from rlpt_jax.rewards.qa import at2po_reward
 from rlpt_jax.rollout.policy import Policy, SampleSpec
 from rlpt_jax.rollout.tree import Tree, TreeConfig, TreeRollout, flatten, release_rows
@@ -35,13 +45,40 @@ def _backend_calls(env) -> int:
     return int(env.metrics().get("backend_calls", 0))
 
 
+QUESTION_FIELD = "{question}"
+
+
+def as_question(question: str) -> str:
+    """The question as the paper's prompt shows it: stripped, ending in ``?``."""
+    question = question.strip()
+    return question if question.endswith("?") else question + "?"
+
+
 def question_prompt(policy: Policy, question: str, system_prompt: str | None) -> list[int]:
     """Prompt ids for a question: the chat template when the tokenizer has one."""
     return prompt_ids(policy.tokenizer, policy.use_chat_template, question, system_prompt)
 
 
 def prompt_ids(tok, use_chat: bool, question: str, system_prompt: str | None) -> list[int]:
-    """Prompt ids for a question with tokenizer ``tok`` (see :func:`question_prompt`)."""
+    """Prompt ids for a question with tokenizer ``tok`` (see :func:`question_prompt`).
+
+    Two layouts, chosen by the system prompt:
+
+    * With a ``{question}`` field: the paper's (Fig. 6, and the reference code's data
+      preparation) — one system message holding the instructions and the question,
+      stripped and ending in ``?`` (:func:`as_question`). The field is substituted
+      literally, so the prompt's other braces (``\\boxed{}``) need no escaping.
+    * Without it: the system prompt (if any) as a system message and the question as a
+      user message, unchanged (the CPU variants' compact layout).
+
+    The chat template is applied with the generation prompt; without one the message
+    text is used as is.
+    """
+    if system_prompt and QUESTION_FIELD in system_prompt:
+        content = system_prompt.replace(QUESTION_FIELD, as_question(question))
+        if use_chat:
+            return tok.encode(tok.render_chat([{"role": "system", "content": content}]))
+        return tok.encode(content + "\n")
     if use_chat:
         messages = []
         if system_prompt:
@@ -61,7 +98,8 @@ class TreeBatch:
 
 
 def leaf_response(policy: Policy, tree: Tree, leaf: int) -> str:
-    """Decoded text of a leaf's trajectory after the prompt (model and tool tokens)."""
+    """Decoded text of a leaf's trajectory after the prompt (model and tool tokens), for
+    display; the reward reads :func:`leaf_parts` instead."""
     ids: list[int] = []
     for nid in tree.path(leaf)[1:]:
         n = tree.nodes[nid]
@@ -69,20 +107,176 @@ def leaf_response(policy: Policy, tree: Tree, leaf: int) -> str:
     return policy.tokenizer.decode(ids)
 
 
+def leaf_parts(policy: Policy, tree: Tree, leaf: int) -> list[tuple[str, str]]:
+    """A leaf's trajectory as ``("tool" | "model", text)`` pieces, each decoded on its
+    own: the tree keeps the model's sampled tokens apart from inserted tool tokens."""
+    decode = policy.tokenizer.decode
+    parts = []
+    for nid in tree.path(leaf)[1:]:
+        n = tree.nodes[nid]
+        parts += [("tool", decode(n.tool_tokens)), ("model", decode(n.model_tokens))]
+    return parts
+
+
+def _past_limit(tree: Tree, leaf: int) -> bool:
+    """Whether the trajectory tried a tool call beyond the limit (a ``limit`` turn)."""
+    return any(tree.nodes[nid].outcome == "limit" for nid in tree.path(leaf))
+
+
 def score_tree(
-    policy: Policy, tree: Tree, golds: Sequence[str], format_penalty: float
+    policy: Policy,
+    tree: Tree,
+    golds: Sequence[str],
+    format_penalty: float,
+    rules: SearchEnvConfig | None = None,
 ) -> tuple[dict[int, float], list[dict]]:
+    """Leaf rewards of a tree, and per-leaf details, under the format ``rules`` (the
+    environment's ``require_think`` and ``over_limit_invalid``; default: the reference
+    code's, as :class:`SearchEnvConfig` sets them)."""
+    rules = rules if rules is not None else SearchEnvConfig()
     rewards, details = {}, []
     for leaf in tree.leaves():
         node = tree.nodes[leaf]
-        r, d = at2po_reward(leaf_response(policy, tree, leaf), golds, format_penalty)
+        text = model_view(leaf_parts(policy, tree, leaf))
+        r, d = at2po_reward(text, golds, format_penalty, rules.require_think)
         if node.outcome in ("tool_error", "truncated"):
             r = float(format_penalty)
             d = dict(d, format_ok=False, reason=node.outcome)
+        elif rules.over_limit_invalid and _past_limit(tree, leaf):
+            r = float(format_penalty)
+            d = dict(d, format_ok=False, reason="tool call past the tool-call limit")
         node.reward = r
         rewards[leaf] = r
         details.append(d)
     return rewards, details
+
+
+def _grow_trees(
+    policy: Policy,
+    env,
+    questions: Sequence,
+    tree_cfg: TreeConfig,
+    spec: SampleSpec,
+    system_prompt: str | None,
+    seed: int,
+    sampler_rows: int,
+    outcomes: dict[str, int],
+    counters: dict[str, int],
+) -> list[Tree]:
+    """One tree per question; turn outcomes and sampler counters are added to the dicts."""
+    prompts = [question_prompt(policy, q.question, system_prompt) for q in questions]
+    # Trees are grown in waves of questions so that at most ``sampler_rows`` leaves share
+    # the sampler at once (0 = all trees in one batch).
+    per_wave = len(prompts) if sampler_rows <= 0 else max(1, sampler_rows // tree_cfg.num_leaves)
+    trees: list[Tree] = []
+    for w, i in enumerate(range(0, len(prompts), per_wave)):
+        engine = policy.engine(spec, seed=seed + 7919 * w)
+        rollout = TreeRollout(
+            engine, env, policy.tokenizer.decode, policy.tokenizer.encode, tree_cfg
+        )
+        wave = rollout.run(prompts[i : i + per_wave])
+        release_rows(engine, wave)
+        trees += wave
+        for k, v in rollout.stats.outcomes.items():
+            outcomes[k] = outcomes.get(k, 0) + v
+        for k, v in engine.counters().items():
+            counters[k] += v
+    return trees
+
+
+@dataclasses.dataclass
+class _ScoredTree:
+    """A grown tree, its leaf rewards (overlong penalty included) and per-leaf details."""
+
+    tree: Tree
+    rewards: dict[int, float]
+    details: list[dict]
+    penalty: list[float]
+
+
+def _response_tokens(tree: Tree, leaf: int) -> int:
+    """Tokens after the prompt on a leaf's trajectory (model and tool), as budgeted."""
+    return sum(tree.nodes[i].num_tokens for i in tree.path(leaf)[1:])
+
+
+def _score(
+    policy: Policy, env, tree: Tree, q, format_penalty: float, max_len: int, dapo: DAPOConfig
+) -> _ScoredTree:
+    rewards, d = score_tree(policy, tree, q.golden_answers, format_penalty, env.config)
+    lengths = [_response_tokens(tree, leaf) for leaf in rewards]
+    penalty = overlong_penalty(lengths, max_len, dapo.overlong_buffer, dapo.overlong_penalty)
+    for leaf, pen in zip(list(rewards), penalty):
+        rewards[leaf] += float(pen)
+        tree.nodes[leaf].reward = rewards[leaf]
+    return _ScoredTree(tree, rewards, d, [float(x) for x in penalty])
+
+
+def _vanilla_rows(rows, credits: Sequence[TreeCredit]) -> np.ndarray:
+    """``vanilla`` credit: every model token of a row carries its leaf's advantage."""
+    per_row = [
+        credits[t].leaf_advantages[np.searchsorted(credits[t].leaves, leaf)]
+        for t, leaf in rows.leaf
+    ]
+    return (rows.loss_mask * np.asarray(per_row, np.float32)[:, None]).astype(np.float32)
+
+
+def failed_leaves(tree: Tree) -> set[int]:
+    """Leaves whose trajectory ended because the retriever failed (``tool_error``)."""
+    return {leaf for leaf in tree.leaves() if tree.nodes[leaf].outcome == "tool_error"}
+
+
+def _credit_without_failures(
+    scored: _ScoredTree, credit: CreditConfig, advantage: AdvantageConfig | None
+) -> TreeCredit:
+    """Tree credit as if the leaves cut short by a retriever failure had not been sampled.
+
+    An outage is not the policy's doing, so a failed leaf's format penalty must not pull
+    its tree's normalised rewards or its ancestors' values down. The failed leaves are
+    pruned with every turn that leads only to them, the credit is computed on the rest,
+    and mapped back onto the whole tree with 0 on the pruned turns.
+    """
+    tree, rewards = scored.tree, scored.rewards
+    failed = failed_leaves(tree)
+    if not failed:
+        return tree_credit(tree.parents, tree.entropies, rewards, credit, advantage)
+    n = len(tree.nodes)
+    leaves = np.asarray(sorted(rewards), np.int64)
+    out = TreeCredit(
+        np.zeros(n),
+        np.zeros(n),
+        leaves,
+        np.zeros(len(leaves)) if credit.advantage == "vanilla" else None,
+    )
+    # ids ascending, so the root stays first and every parent precedes its children
+    kept = sorted({node for leaf in set(rewards) - failed for node in tree.path(leaf)})
+    if not kept:  # every leaf failed: nothing to train on
+        return out
+    new_id = {old: new for new, old in enumerate(kept)}
+    sub = tree_credit(
+        [-1] + [new_id[tree.nodes[old].parent] for old in kept[1:]],
+        [tree.entropies[old] for old in kept],
+        {new_id[leaf]: r for leaf, r in rewards.items() if leaf not in failed},
+        credit,
+        advantage,
+    )
+    out.values[kept] = sub.values
+    out.advantages[kept] = sub.advantages
+    if sub.leaf_advantages is not None:
+        by_leaf = dict(zip((kept[i] for i in sub.leaves), sub.leaf_advantages))
+        out.leaf_advantages[:] = [by_leaf.get(int(leaf), 0.0) for leaf in leaves]
+    return out
+
+
+def _mask_failed_rows(rows, trees: Sequence[Tree]) -> int:
+    """Zero the loss mask and advantages of the rows of failed leaves; returns how many."""
+    failed = [failed_leaves(tree) for tree in trees]
+    masked = 0
+    for r, (t, leaf) in enumerate(rows.leaf):
+        if leaf in failed[t]:
+            rows.loss_mask[r] = 0
+            rows.advantages[r] = 0
+            masked += 1
+    return masked
 
 
 def at2po_rollout(
@@ -97,36 +291,52 @@ def at2po_rollout(
     seed: int,
     row_multiple: int = 1,
     sampler_rows: int = 0,
+    advantage: AdvantageConfig | None = None,
+    dapo: DAPOConfig | None = None,
+    more_questions: Callable[[], Sequence] | None = None,
 ) -> TreeBatch:
-    prompts = [question_prompt(policy, q.question, system_prompt) for q in questions]
-    # Trees are grown in waves of questions so that at most ``sampler_rows`` leaves share
-    # the sampler at once (0 = all trees in one batch).
-    per_wave = len(prompts) if sampler_rows <= 0 else max(1, sampler_rows // tree_cfg.num_leaves)
-    trees: list[Tree] = []
+    """Trees for ``questions``, their leaf rewards, turn credit and the training batch.
+
+    ``advantage`` is the leaves' group advantage of ``credit.advantage="vanilla"``.
+    ``dapo``: overlong shaping of leaf rewards (``L_max`` = ``tree_cfg.max_response_tokens``,
+    the length being every token after the prompt) and dynamic sampling with a tree as the
+    group: trees whose leaves all scored the same are dropped and ``more_questions()``
+    supplies each refill round. Reward, env and rollout metrics cover every tree grown;
+    the batch, ``trees`` and ``leaf_rewards`` the kept ones.
+    """
+    dapo = dapo if dapo is not None else DAPOConfig()
     outcomes = dict.fromkeys(STEP_OUTCOMES, 0)
     calls_before = _backend_calls(env)
     counters = {"prefilled_tokens": 0, "decoded_tokens": 0}
-    for w, i in enumerate(range(0, len(prompts), per_wave)):
-        engine = policy.engine(spec, seed=seed + 7919 * w)
-        rollout = TreeRollout(
-            engine, env, policy.tokenizer.decode, policy.tokenizer.encode, tree_cfg
-        )
-        wave = rollout.run(prompts[i : i + per_wave])
-        release_rows(engine, wave)
-        trees += wave
-        for k, v in rollout.stats.outcomes.items():
-            outcomes[k] = outcomes.get(k, 0) + v
-        for k, v in engine.counters().items():
-            counters[k] += v
+    sampled: list[_ScoredTree] = []
 
-    leaf_rewards, details, advantages = [], [], []
-    for tree, q in zip(trees, questions):
-        rewards, d = score_tree(policy, tree, q.golden_answers, format_penalty)
-        leaf_rewards.append(rewards)
-        details += d
-        advantages.append(tree_credit(tree.parents, tree.entropies, rewards, credit).advantages)
+    def sample_round(r: int) -> list[_ScoredTree]:
+        qs = questions if r == 0 else more_questions()
+        round_seed = seed + 104729 * r  # round 0 grows exactly as without DAPO
+        trees = _grow_trees(
+            policy, env, qs, tree_cfg, spec, system_prompt, round_seed, sampler_rows,
+            outcomes, counters,
+        )  # fmt: skip
+        max_len = tree_cfg.max_response_tokens
+        out = [_score(policy, env, t, q, format_penalty, max_len, dapo) for t, q in zip(trees, qs)]
+        sampled.extend(out)
+        return out
 
-    rows = flatten(trees, advantages, pad_id=policy.pad_id)
+    if dapo.dynamic_sampling:
+        if more_questions is None:
+            raise ValueError("dynamic sampling needs more_questions to refill the batch")
+        kept, ds_metrics = fill_groups(
+            sample_round, lambda s: np.asarray(list(s.rewards.values())), len(questions),
+            dapo.max_rounds,
+        )  # fmt: skip
+    else:
+        kept, ds_metrics = sample_round(0), {}
+
+    credits = [_credit_without_failures(s, credit, advantage) for s in kept]
+    rows = flatten([s.tree for s in kept], [c.advantages for c in credits], pad_id=policy.pad_id)
+    if credit.advantage == "vanilla":
+        rows.advantages = _vanilla_rows(rows, credits)
+    masked = _mask_failed_rows(rows, [s.tree for s in kept])
     b, t = rows.tokens.shape
     batch = make_batch(
         rows.tokens,
@@ -144,6 +354,9 @@ def at2po_rollout(
         pad_id=policy.pad_id,
     )
 
+    trees = [s.tree for s in sampled]
+    leaf_rewards = [s.rewards for s in sampled]
+    details = [d for s in sampled for d in s.details]
     all_r = np.asarray([r for lr in leaf_rewards for r in lr.values()], np.float64)
     unique = sum(tr.unique_tokens() for tr in trees)
     per_leaf = sum(tr.leaf_tokens() for tr in trees)
@@ -166,11 +379,15 @@ def at2po_rollout(
             np.mean([n.turn_entropy for tr in trees for n in tr.nodes[1:]])
         ),
     }
+    if dapo.overlong_buffer:
+        m["reward/overlong_penalty"] = float(np.mean([x for s in sampled for x in s.penalty]))
+    m.update(ds_metrics)
     for k, v in outcomes.items():
         m[f"env/{k}"] = float(v)
     m["env/backend_calls"] = float(_backend_calls(env) - calls_before)
+    m["outage/masked_leaves"] = float(masked)
     m.update({f"sampler/{k}": float(v) for k, v in counters.items()})
-    return TreeBatch(batch, trees, leaf_rewards, m)
+    return TreeBatch(batch, [s.tree for s in kept], [s.rewards for s in kept], m)
 
 
 def evaluate_qa(
@@ -213,7 +430,7 @@ def evaluate_qa(
         release_rows(engine, trees)
         ems, f1s, fmt = [], [], []
         for tree, q in zip(trees, questions):
-            _, details = score_tree(policy, tree, q.golden_answers, format_penalty)
+            _, details = score_tree(policy, tree, q.golden_answers, format_penalty, env.config)
             ems.append(details[0]["em"])
             f1s.append(details[0]["f1"])
             fmt.append(float(details[0]["format_ok"]))
@@ -233,7 +450,8 @@ def demonstration(
     """A cold-start trajectory in the exact protocol, as ``(token ids, loss mask)``.
 
     The model turns are written here (a short ``<think>``, a ``<search>`` whose query is
-    the question's quoted sentence, then ``<answer>`` with ``\\boxed{}``); every tool
+    the question's quoted sentence, then ``<answer>`` with ``\\boxed{}`` and the EOS
+    token, which a rollout samples and trains after the answer too); every tool
     result is the real environment's reply, tokenised on its own like in a rollout and
     masked out of the loss. With ``weak_first`` the first query is only the sentence's
     last three words, which often misses, and a second search follows. A search hits when
@@ -262,7 +480,7 @@ def demonstration(
                 f"<think> The page that begins this way is {gold}. </think>\n"
                 f"<answer> \\boxed{{{gold}}} </answer>"
             )
-            model = tok.encode(answer)
+            model = tok.encode(answer) + [tok.eos_ids[0]]
             return ids + model, mask + [1] * len(model)
         think = "<think> That search missed; I will search the whole sentence. </think>\n"
     return None

@@ -3,17 +3,24 @@
 Reward (spec rlpt.md): the text between the last ``<|startofprediction|>`` and
 ``<|endofprediction|>`` of the completion is judged against ``s_i`` and the following
 segments; no tags → ``missing_prediction_reward`` (0), counted. Advantages are group
-statistics over the ``n`` samples of a prompt (GRPO: z-score).
+statistics over the ``n`` samples of a prompt (GRPO: z-score). DAPO's dynamic sampling
+and overlong shaping (:mod:`rlpt_jax.algos.dapo`) are options of the rollout.
+
+:func:`group_rollout` is the same rollout with the reward as a parameter (a function of
+the tasks and the decoded completions); RLVR uses it with a math verifier.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from rlpt_jax.algos.advantages import AdvantageConfig, group_advantages
+from rlpt_jax.algos.dapo import DAPOConfig, fill_groups, overlong_penalty
 from rlpt_jax.batch import RLBatch, bucket_length, make_batch, pad_batch
 from rlpt_jax.data.tasks import Task, extract_prediction
 from rlpt_jax.rewards.judges import Judge
@@ -29,6 +36,21 @@ class RLPTRollout:
     completions: list[list[Completion]]
     predictions: list[list[str | None]]
     metrics: dict[str, float]
+
+
+@dataclasses.dataclass
+class Scored:
+    """What a reward function returns for ``G`` groups of ``n`` decoded completions:
+    rewards ``[G, n]``, the extracted answers (``None``: none found, counted as
+    ``rollout/no_prediction``) and its own metrics."""
+
+    rewards: np.ndarray
+    predictions: list[list[str | None]]
+    metrics: dict[str, float]
+
+
+# reward(tasks, texts [G][n]) -> Scored
+RewardFn = Callable[[Sequence[Any], list[list[str]]], Scored]
 
 
 def encode_prompts(
@@ -71,6 +93,139 @@ def rows_batch(
     return pad_batch(batch, length=t, rows=rows, pad_id=pad_id)
 
 
+def sample_groups(
+    policy: Policy,
+    prompts: Sequence[Sequence[int]],
+    n: int,
+    spec: SampleSpec,
+    seed: int,
+    sampler_rows: int = 0,
+) -> list[list[Completion]]:
+    """``n`` completions per prompt, in waves of at most ``sampler_rows`` sequences (0:
+    one wave), which bounds the KV cache; each wave's seed is distinct so waves never
+    repeat each other's samples."""
+    per_wave = len(prompts) if sampler_rows <= 0 else max(1, sampler_rows // n)
+    groups = []
+    for w, i in enumerate(range(0, len(prompts), per_wave)):
+        groups += policy.sample(prompts[i : i + per_wave], n=n, spec=spec, seed=seed + 7919 * w)
+    return groups
+
+
+@dataclasses.dataclass
+class _Group:
+    """One task's ``n`` scored completions; ``rewards`` include ``penalty`` (overlong)."""
+
+    task: Any
+    prompt: list[int]
+    completions: list[Completion]
+    predictions: list[str | None]
+    rewards: np.ndarray  # [n]
+    penalty: np.ndarray  # [n]
+
+
+def _score_round(
+    policy: Policy,
+    tasks: Sequence[Any],
+    reward: RewardFn,
+    spec: SampleSpec,
+    n: int,
+    max_prompt_tokens: int,
+    seed: int,
+    sampler_rows: int,
+    dapo: DAPOConfig,
+) -> tuple[list[_Group], dict[str, float]]:
+    """Sample ``n`` completions per task, score them, shape rewards by length (DAPO)."""
+    prompts = encode_prompts(policy, tasks, max_prompt_tokens)
+    groups = sample_groups(policy, prompts, n, spec, seed, sampler_rows)
+    texts = [[policy.tokenizer.decode(c.tokens) for c in g] for g in groups]
+    scored = reward(tasks, texts)
+    lengths = [[len(c.tokens) for c in g] for g in groups]
+    penalty = overlong_penalty(
+        lengths, spec.max_new_tokens, dapo.overlong_buffer, dapo.overlong_penalty
+    )
+    rewards = np.asarray(scored.rewards, np.float64) + penalty
+    out = [
+        _Group(task, prompt, list(g), list(p), rewards[i], penalty[i])
+        for i, (task, prompt, g, p) in enumerate(zip(tasks, prompts, groups, scored.predictions))
+    ]
+    return out, scored.metrics
+
+
+def group_rollout(
+    policy: Policy,
+    tasks: Sequence[Any],
+    reward: RewardFn,
+    spec: SampleSpec,
+    n: int,
+    advantage: AdvantageConfig,
+    max_prompt_tokens: int,
+    seed: int,
+    row_multiple: int = 1,
+    sampler_rows: int = 0,
+    dapo: DAPOConfig | None = None,
+    more_tasks: Callable[[], Sequence[Any]] | None = None,
+) -> RLPTRollout:
+    """Sample ``n`` completions of each task's ``prompt``, score them with ``reward`` and
+    build the batch with group advantages.
+
+    With ``dapo.dynamic_sampling`` the groups whose rewards are all equal are dropped and
+    ``more_tasks()`` supplies the prompts of each refill round
+    (:func:`rlpt_jax.algos.dapo.fill_groups`); the batch then holds ``len(tasks)``
+    informative groups unless ``dapo.max_rounds`` ran out. Reward and rollout metrics
+    cover every group sampled (the reward function's own metrics are summed over rounds,
+    as counts); the batch, ``rewards`` and ``completions`` cover the kept groups.
+    """
+    dapo = dapo if dapo is not None else DAPOConfig()
+    sampled: list[_Group] = []
+    reward_metrics: dict[str, float] = {}
+
+    def sample_round(r: int) -> list[_Group]:
+        round_tasks = tasks if r == 0 else more_tasks()
+        round_seed = seed + 104729 * r  # round 0 samples exactly as without DAPO
+        out, m = _score_round(
+            policy, round_tasks, reward, spec, n, max_prompt_tokens, round_seed,
+            sampler_rows, dapo,
+        )  # fmt: skip
+        sampled.extend(out)
+        for k, v in m.items():
+            reward_metrics[k] = reward_metrics.get(k, 0.0) + float(v)
+        return out
+
+    if dapo.dynamic_sampling:
+        if more_tasks is None:
+            raise ValueError("dynamic sampling needs more_tasks to refill the batch")
+        kept, ds_metrics = fill_groups(
+            sample_round, lambda g: g.rewards, len(tasks), dapo.max_rounds
+        )
+    else:
+        kept, ds_metrics = sample_round(0), {}
+
+    rewards = np.stack([g.rewards for g in kept])
+    adv = np.asarray(group_advantages(rewards, advantage), np.float64)
+    flat_prompts = [g.prompt for g in kept for _ in range(n)]
+    flat_comps = [c for g in kept for c in g.completions]
+    batch = rows_batch(flat_prompts, flat_comps, adv.reshape(-1), policy.pad_id, row_multiple)
+
+    m = _metrics(sampled)
+    m.update(reward_metrics)
+    m.update(ds_metrics)
+    if dapo.overlong_buffer:
+        m["reward/overlong_penalty"] = float(np.mean([g.penalty for g in sampled]))
+    completions = [g.completions for g in kept]
+    predictions = [g.predictions for g in kept]
+    return RLPTRollout(batch, rewards, completions, predictions, m)
+
+
+def judge_reward(judge: Judge, tasks: Sequence[Task], texts: list[list[str]]) -> Scored:
+    """RLPT's reward: the judge's verdict on the tagged prediction of each completion."""
+    preds = [[extract_prediction(t) for t in g] for g in texts]
+    items = [(p, task.reference_segments) for task, g in zip(tasks, preds) for p in g]
+    results = judge.score(items)
+    n = len(texts[0]) if texts else 0
+    rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(tasks), n)
+    return Scored(rewards, preds, {})
+
+
 def rlpt_rollout(
     policy: Policy,
     tasks: Sequence[Task],
@@ -82,36 +237,30 @@ def rlpt_rollout(
     seed: int,
     row_multiple: int = 1,
     sampler_rows: int = 0,
+    dapo: DAPOConfig | None = None,
+    more_tasks: Callable[[], Sequence[Task]] | None = None,
 ) -> RLPTRollout:
-    prompts = encode_prompts(policy, tasks, max_prompt_tokens)
-    # Waves of at most ``sampler_rows`` sequences bound the KV cache; each wave's seed is
-    # distinct so waves never repeat each other's samples.
-    per_wave = len(prompts) if sampler_rows <= 0 else max(1, sampler_rows // n)
-    groups = []
-    for w, i in enumerate(range(0, len(prompts), per_wave)):
-        groups += policy.sample(prompts[i : i + per_wave], n=n, spec=spec, seed=seed + 7919 * w)
-    texts = [[policy.tokenizer.decode(c.tokens) for c in g] for g in groups]
-    preds = [[extract_prediction(t) for t in g] for g in texts]
-    items = [(p, task.reference_segments) for task, g in zip(tasks, preds) for p in g]
-    results = judge.score(items)
-    rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(tasks), n)
-    adv = np.asarray(group_advantages(rewards, advantage), np.float64)
+    """:func:`group_rollout` with the judge's reward (:func:`judge_reward`)."""
+    return group_rollout(
+        policy, tasks, functools.partial(judge_reward, judge), spec, n, advantage,
+        max_prompt_tokens, seed, row_multiple, sampler_rows, dapo, more_tasks,
+    )  # fmt: skip
 
-    flat_prompts = [p for p in prompts for _ in range(n)]
-    flat_comps = [c for g in groups for c in g]
-    batch = rows_batch(flat_prompts, flat_comps, adv.reshape(-1), policy.pad_id, row_multiple)
 
-    kinds = np.asarray([t.kind for t in tasks])
-    lens = np.asarray([len(c.tokens) for c in flat_comps], np.float64)
-    finish = [c.finish for c in flat_comps]
-    missing = sum(p is None for g in preds for p in g)
+def _metrics(groups: Sequence[_Group]) -> dict[str, float]:
+    """Reward and rollout metrics over every sampled group (of every round)."""
+    rewards = np.stack([g.rewards for g in groups])
+    comps = [c for g in groups for c in g.completions]
+    lens = np.asarray([len(c.tokens) for c in comps], np.float64)
+    finish = [c.finish for c in comps]
+    missing = sum(p is None for g in groups for p in g.predictions)
     m = {
         "reward/mean": float(rewards.mean()),
         "reward/std_in_group": float(rewards.std(axis=1).mean()),
         "rollout/response_len_mean": float(lens.mean()),
         "rollout/response_len_max": float(lens.max()),
         "rollout/entropy_mean": float(
-            np.concatenate([np.asarray(c.entropies) for c in flat_comps]).mean()
+            np.concatenate([np.asarray(c.entropies) for c in comps]).mean()
         ),
         "rollout/no_prediction": float(missing),
         "rollout/no_prediction_frac": missing / rewards.size,
@@ -121,8 +270,9 @@ def rlpt_rollout(
         # groups whose rewards are all equal have zero advantages: no learning signal
         "rollout/zero_std_frac": float(np.mean(rewards.std(axis=1) == 0)),
     }
+    kinds = np.asarray([getattr(g.task, "kind", "") for g in groups])  # RLPT: asr / msr
     for kind in ("asr", "msr"):
         sel = kinds == kind
         if sel.any():
             m[f"reward/{kind}"] = float(rewards[sel].mean())
-    return RLPTRollout(batch, rewards, groups, preds, m)
+    return m

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rlpt_jax.algos.advantages import AdvantageConfig
+from rlpt_jax.algos.dapo import DAPOConfig
 from rlpt_jax.algos.losses import LossConfig
 from rlpt_jax.algos.tree_credit import CreditConfig
 from rlpt_jax.checkpoint import CheckpointConfig
@@ -28,10 +29,11 @@ from rlpt_jax.data.tasks import TaskConfig
 from rlpt_jax.envs.search_env import SearchEnvConfig
 from rlpt_jax.parallel import MeshConfig
 from rlpt_jax.rewards.judges import JudgeConfig
+from rlpt_jax.rewards.math_verifier import VerifierConfig
 from rlpt_jax.rollout.tree import TreeConfig
 from rlpt_jax.train.state import OptimConfig
 
-METHODS = ("rlpt", "ntp", "at2po", "sft")
+METHODS = ("rlpt", "ntp", "at2po", "sft", "rlvr")
 EMBEDDED = "embedded"
 
 
@@ -162,14 +164,16 @@ class EvalConfig:
 
     RLPT: next-segment accuracy (greedy, same judge) on ``num_prompts`` held-out samples and
     next-token loss on ``ntp_docs`` held-out documents (forgetting). AT²PO: greedy
-    single-chain EM on ``num_prompts`` questions of each eval dataset. SFT: assistant-token
+    single-chain EM on ``num_prompts`` questions of each eval dataset and their average
+    weighted by the number of questions (``eval/em_avg``). ``num_prompts=None``: every
+    held-out sample / question (the AT²PO paper evaluates full test sets). SFT: assistant-token
     loss on held-out conversations. ``at_start``: also evaluate before the first step of a
     fresh run, so that the summary shows before and after.
     """
 
     every: int = 50
     at_start: bool = False
-    num_prompts: int = 64
+    num_prompts: int | None = 64
     ntp_docs: int = 16
     ntp_max_tokens: int = 256
     max_new_tokens: int = 512
@@ -215,6 +219,86 @@ class QAConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RLVRConfig:
+    """RLVR (``method="rlvr"``): the configured loss on problems with checkable answers.
+
+    ``train``: problem sources (``rlpt_jax.data.math_problems``), jsonl files with
+    ``problem`` and ``answer`` fields or reasoning-gym generators
+    ``rg:<name>[:key=value,...]``; ``eval``: further held-out sources (an AIME jsonl).
+    ``train_size``: problems per generator (jsonl: at most this many lines, 0 = all);
+    ``heldout``: problems per train source kept out of training for evaluation. ``seed``
+    seeds the problems, not the run, so every seed of a comparison sees the same ones.
+    ``instruction`` follows each problem; ``response_prefix`` starts every response (put
+    after the prompt, and in front of the completion when it is checked): a small model
+    that does not yet box its answers can be started at ``"The answer is \\boxed{"``.
+    ``format_penalty`` is the reward of a response with no ``\\boxed{}`` (0: a plain
+    1/0 reward). ``verifier``: the answer check's time and size limits. Evaluation:
+    ``pass_samples`` samples per held-out problem at ``eval_temperature`` /
+    ``eval_top_p`` (the paper: 64, 0.6, 0.95) give Pass@k for k = 1, 2, 4, …,
+    ``pass_samples``.
+    """
+
+    train: tuple[str, ...] = ("rg:chain_sum",)
+    eval: tuple[str, ...] = ()
+    train_size: int = 10_000
+    heldout: int = 64
+    seed: int = 0
+    instruction: str = "Please reason step by step, and put your final answer within \\boxed{}."
+    response_prefix: str = ""
+    format_penalty: float = 0.0
+    pass_samples: int = 8
+    eval_temperature: float = 0.6
+    eval_top_p: float = 0.95
+    verifier: VerifierConfig = dataclasses.field(default_factory=VerifierConfig)
+
+    def __post_init__(self):
+        if self.pass_samples < 1 or self.heldout < 0 or self.train_size < 0:
+            raise ExperimentConfigError(
+                "rlvr.pass_samples must be >= 1, rlvr.heldout and rlvr.train_size >= 0"
+            )
+        if self.eval_temperature < 0 or not 0 < self.eval_top_p <= 1:
+            raise ExperimentConfigError(
+                "rlvr.eval_temperature must be >= 0 and rlvr.eval_top_p in (0, 1]"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class OutageConfig:
+    """What a run does when a service it depends on fails: the retriever (AT²PO, and the
+    demonstrations of its cold start) or the HTTP judge (RLPT). One policy for both,
+    applied per training step to the requests that failed after the client's retries.
+
+    * ``max_failure_fraction`` (default 0.5): a step in which more than this share of a
+      service's requests failed is not trained on. It is skipped: no update, its data
+      consumed, ``outage/skipped_steps`` 1 for it. The HTTP judge's own
+      ``judge.http.max_failure_fraction`` also fails a step.
+    * ``max_failed_steps`` (default 3): after this many skipped steps in a row the run
+      saves a checkpoint and stops with an error naming the service's URL and each
+      skipped step's failure counts; rerun the same command to resume once it is back.
+
+    Below the fraction, an AT²PO leaf whose search failed is masked out of the loss and of
+    its tree's credit, as if it had not been sampled (``outage/masked_leaves``): an outage
+    is not the policy's mistake, and a −1 for it would teach the policy not to search.
+    Every step logs ``outage/<service>_requests`` and ``outage/<service>_failures``,
+    zeros included.
+    """
+
+    max_failure_fraction: float = 0.5
+    max_failed_steps: int = 3
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_failure_fraction < 1.0:
+            raise ExperimentConfigError(
+                "outage.max_failure_fraction must be in [0, 1) (a step whose requests all "
+                f"failed is never trained on), got {self.max_failure_fraction}"
+            )
+        if self.max_failed_steps < 1:
+            raise ExperimentConfigError(
+                f"outage.max_failed_steps must be >= 1, got {self.max_failed_steps}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class ColdStartConfig:
     """The SFT stage run before this experiment (``rlpt_jax.train.loop.with_cold_start``).
 
@@ -248,11 +332,13 @@ class ExperimentConfig:
     judge_max_new_tokens: int = 64
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     advantage: AdvantageConfig = dataclasses.field(default_factory=AdvantageConfig)
+    dapo: DAPOConfig = dataclasses.field(default_factory=DAPOConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    outage: OutageConfig = dataclasses.field(default_factory=OutageConfig)
     export_hf: bool = True
     tree: TreeConfig = dataclasses.field(default_factory=TreeConfig)
     credit: CreditConfig = dataclasses.field(default_factory=CreditConfig)
@@ -260,6 +346,7 @@ class ExperimentConfig:
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     qa: QAConfig = dataclasses.field(default_factory=QAConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    rlvr: RLVRConfig = dataclasses.field(default_factory=RLVRConfig)
     cold_start: ColdStartConfig | None = None
 
     def __post_init__(self):

@@ -13,8 +13,11 @@ Phases, in order:
 4. **Steps** — optimiser, ``TrainState`` sharded on the mesh, the jitted update and
    log-prob steps.
 5. **Resume** — the latest good checkpoint in ``workdir`` (state, step, data position).
-6. **Loop** — per step: rollout (sample → reward → advantages) or an NTP batch, the
-   update(s), metrics; evaluation and checkpoints on schedule.
+6. **Loop** — per step: rollout (sample → reward → advantages) or an NTP batch, π_old
+   rescored by the training forward (``loss.old_logprobs``), the update(s), metrics;
+   evaluation and checkpoints on schedule. A step whose retriever or judge failed too
+   often is skipped and counted; too many in a row save a checkpoint and stop the run
+   (``config.outage``). A failed checkpoint save stops the run at the next step.
 7. **Finish** — a final checkpoint, a Hugging Face export, a summary.
 
 Every step's randomness is a function of ``(seed, step)`` and the data streams are a
@@ -46,14 +49,20 @@ from rlpt_jax.models.hf_io import export_hf, load_hf
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.rollout.policy import Policy, SampleSpec
 from rlpt_jax.train import methods
-from rlpt_jax.train.experiment import ExperimentConfig, from_config_dict
+from rlpt_jax.train.experiment import ExperimentConfig, OutageConfig, from_config_dict
 from rlpt_jax.train.state import (
     OptimConfig,
     create_train_state,
     make_optimizer,
     shard_train_state,
 )
-from rlpt_jax.train.steps import StepConfig, make_logprob_step, make_update_step
+from rlpt_jax.train.steps import (
+    StepConfig,
+    make_logprob_step,
+    make_update_step,
+    recompute_old_logp,
+    score_batch,
+)
 
 # Part of the cold-start cache key: bump when SFT data building changes what a config means.
 COLD_START_VERSION = 1
@@ -178,6 +187,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         before = _evaluate(data, policy, state.params, graphdef, workdir, 0, main)
         writer.write(0, before)
     history: list[tuple[int, float]] = []
+    outages = _OutageTracker(exp.outage)
     bar = tqdm(
         range(start, exp.train.steps),
         initial=start,
@@ -191,14 +201,31 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         seed = _step_seed(exp.seed, step)
         if data.samples:
             policy.set_params(state.params)
-        batch, m = data.next_batch(policy, spec, seed, row_multiple)
+        try:
+            batch, m = data.next_batch(policy, spec, seed, row_multiple)
+        except methods.ServiceOutage as failure:  # not trained on: skipped and counted
+            done = step + 1
+            stop = outages.skip(done, failure)
+            log(f"[rlpt_jax] step {done} skipped, not trained on: {failure}")
+            writer.write(done, outages.metrics(failure))
+            force = stop or done == exp.train.steps
+            ckpt.save(done, state, extra=_resume_extra(done, data, exp), force=force)
+            if stop:
+                ckpt.close()
+                writer.close()
+                raise outages.error(ckpt.step_dir(done)) from failure
+            continue
+        m.update(outages.passed())
         t_roll = time.time() - t0
 
+        # Extra forwards score the batch in slices of an update micro-batch's rows.
+        score_rows = batch.shape[0] // (exp.train.mini_batches * micro)
+        if data.samples and exp.loss.old_logprobs == "recompute":
+            # pi_old from the training forward, before the first update (verl's choice)
+            batch, old_metrics = recompute_old_logp(logprob, state.params, batch, mesh, score_rows)
+            m.update(old_metrics)
         if ref_params is not None:
-            dev = parallel.shard_batch(
-                {"t": batch.tokens, "p": batch.positions, "s": batch.segment_ids}, mesh
-            )
-            ref = np.asarray(logprob(ref_params, dev["t"], dev["p"], dev["s"]).logp)
+            ref = score_batch(logprob, ref_params, batch, mesh, score_rows)
             m["kl_to_init"] = _kl_k3(np.asarray(batch.old_logp), ref, np.asarray(batch.loss_mask))
             if exp.loss.kl_coef > 0:
                 batch = batch.replace(ref_logp=ref.astype(np.float32))
@@ -253,7 +280,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         ckpt.save(
             done,
             state,
-            extra={"step": done, "data_position": data.stream.position, "seed": exp.seed},
+            extra=_resume_extra(done, data, exp),
             metrics=eval_metrics if best and best in eval_metrics else None,
             force=done == exp.train.steps,
         )
@@ -276,6 +303,48 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         json.dumps({k: (v if math.isfinite(v) else None) for k, v in last.items()}, indent=2)
     )
     return last
+
+
+def _resume_extra(done: int, data, exp: ExperimentConfig) -> dict[str, int]:
+    """What a checkpoint after step ``done`` needs besides the state to resume exactly."""
+    return {"step": done, "data_position": data.stream.position, "seed": exp.seed}
+
+
+class _OutageTracker:
+    """The loop's half of the outage policy (:class:`OutageConfig`): counts the steps
+    skipped because a service failed, and says when too many in a row end the run."""
+
+    def __init__(self, cfg: OutageConfig):
+        self.cfg = cfg
+        self.limit = cfg.max_failed_steps
+        self.streak: list[tuple[int, methods.ServiceOutage]] = []
+
+    def passed(self) -> dict[str, float]:
+        """A step trained on: the streak of skipped steps ends."""
+        self.streak.clear()
+        return {"outage/skipped_steps": 0.0}
+
+    def skip(self, step: int, failure: methods.ServiceOutage) -> bool:
+        """Record skipped step ``step``; whether the run must stop."""
+        self.streak.append((step, failure))
+        return len(self.streak) >= self.limit
+
+    def metrics(self, failure: methods.ServiceOutage) -> dict[str, float]:
+        return {**failure.metrics, "outage/skipped_steps": 1.0}
+
+    def error(self, checkpoint: Path) -> methods.OutageError:
+        """The error that ends the run: the service, its URL and every step's counts."""
+        last = self.streak[-1][1]
+        counts = ", ".join(f"step {s}: {f.failures}/{f.requests}" for s, f in self.streak)
+        reason = f" Last error: {last.reason}." if last.reason else ""
+        return methods.OutageError(
+            f"{last.service} {last.url} is unavailable: more than "
+            f"outage.max_failure_fraction={self.cfg.max_failure_fraction} of its requests "
+            f"failed in {len(self.streak)} consecutive steps (failed/requests: {counts}; "
+            f"outage.max_failed_steps={self.limit}).{reason} Those steps were "
+            f"not trained on. Checkpoint saved at {checkpoint}: once the {last.service} "
+            "answers again, rerun the same command to resume."
+        )
 
 
 def _evaluate(data, policy, params, graphdef, workdir: Path, step: int, main: bool) -> dict:

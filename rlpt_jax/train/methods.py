@@ -5,7 +5,7 @@ rollouts, the rows of one step's batch, its objective, a training batch per step
 (``next_batch``) and its held-out evaluation. RLPT and NTP share data and evaluation,
 so "RLPT vs NTP on the same text" is the same command with ``--config.method=ntp``;
 SFT (the cold start) trains on demonstrations of either method's format or on a chat
-jsonl file.
+jsonl file. RLVR (verifiable math rewards) lives in :mod:`rlpt_jax.train.rlvr`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rlpt_jax.data.tasks import END_TAG
 from rlpt_jax.models import lm_eval
 from rlpt_jax.models.tokenizer import Tokenizer
 from rlpt_jax.rollout.policy import Policy, SampleSpec
-from rlpt_jax.train.experiment import ExperimentConfig
+from rlpt_jax.train.experiment import ExperimentConfig, OutageConfig
 from rlpt_jax.train.steps import Objective, nll_objective, policy_objective
 
 
@@ -56,6 +56,73 @@ class Method(Protocol):
     ) -> tuple[RLBatch, dict[str, float]]: ...
 
     def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> Evaluation: ...
+
+
+class ServiceOutage(RuntimeError):
+    """A step whose retriever or judge failed too often to train on (the ``outage``
+    policy, :class:`rlpt_jax.train.experiment.OutageConfig`).
+
+    Raised by a method's ``next_batch`` after the step's data was consumed; the loop skips
+    the step, logs ``metrics`` (the step's counts) and counts it.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        url: str,
+        failures: int,
+        requests: int,
+        reason: str | None,
+        metrics: dict[str, float],
+    ):
+        last = f"; last error: {reason}" if reason else ""
+        super().__init__(f"{service} {url}: {failures} of {requests} requests failed{last}")
+        self.service, self.url, self.reason = service, url, reason
+        self.failures, self.requests = failures, requests
+        self.metrics = metrics
+
+
+class OutageError(RuntimeError):
+    """A service stayed down: the run stops (after saving a checkpoint, if it trains)."""
+
+
+def service_counts(service: str, failures: int, requests: int) -> dict[str, float]:
+    """A step's ``outage/<service>_requests`` and ``outage/<service>_failures``."""
+    return {
+        f"outage/{service}_requests": float(requests),
+        f"outage/{service}_failures": float(failures),
+    }
+
+
+def check_service(
+    outage: OutageConfig, service: str, url: str, reason: str | None, metrics: dict[str, float]
+) -> None:
+    """Raise :class:`ServiceOutage` if more than ``outage.max_failure_fraction`` of the
+    step's requests to ``service`` (counted in ``metrics``) failed."""
+    limit = outage.max_failure_fraction
+    failures = int(metrics[f"outage/{service}_failures"])
+    requests = int(metrics[f"outage/{service}_requests"])
+    if requests and failures > limit * requests:
+        raise ServiceOutage(service, url, failures, requests, reason, metrics)
+
+
+def judge_url(exp: ExperimentConfig) -> str:
+    """Where the judge runs, for outage messages."""
+    return exp.judge.http.url if exp.judge.kind == "http" else f"({exp.judge.kind} judge)"
+
+
+def retriever_url(exp: ExperimentConfig) -> str:
+    """Where the retriever runs, for outage messages."""
+    if exp.search.backend == "http":
+        return str(exp.search.url)
+    return f"(bm25 index {exp.search.index_dir or 'in memory'})"
+
+
+def retriever_counts(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Retriever requests and failures between two :meth:`SearchEnv.metrics` snapshots:
+    each query sent ends as ``search`` or ``tool_error``."""
+    failures = after["tool_error"] - before["tool_error"]
+    return service_counts("retriever", failures, failures + after["search"] - before["search"])
 
 
 class RLPTMethod:
@@ -99,27 +166,51 @@ class RLPTMethod:
         return self.rollout(policy, spec, seed, row_multiple)
 
     def rollout(self, policy: Policy, spec: SampleSpec, seed: int, row_multiple: int):
+        from rlpt_jax.rewards.judges import JudgeUnavailableError
         from rlpt_jax.rollout.rlpt import rlpt_rollout
 
-        idx = self.stream.take(self.exp.rollout.prompts_per_step)
-        tasks = [self.data.train_tasks[i] for i in idx]
         before = self.judge.counters.as_dict()
-        out = rlpt_rollout(
-            policy,
-            tasks,
-            self.judge,
-            spec,
-            self.exp.rollout.samples_per_prompt,
-            self.exp.advantage,
-            self.exp.rollout.max_prompt_tokens,
-            seed,
-            row_multiple,
-            sampler_rows=self.exp.rollout.sampler_rows,
-        )
+        try:
+            out = rlpt_rollout(
+                policy,
+                self.next_tasks(),
+                self.judge,
+                spec,
+                self.exp.rollout.samples_per_prompt,
+                self.exp.advantage,
+                self.exp.rollout.max_prompt_tokens,
+                seed,
+                row_multiple,
+                sampler_rows=self.exp.rollout.sampler_rows,
+                dapo=self.exp.dapo,
+                more_tasks=self.next_tasks,  # DAPO's refill rounds
+            )
+        except JudgeUnavailableError as e:  # the judge's own limit: a failed step too
+            m = self._judge_metrics(before)
+            raise ServiceOutage(
+                "judge",
+                judge_url(self.exp),
+                int(m["outage/judge_failures"]),
+                int(m["outage/judge_requests"]),
+                str(e),
+                m,
+            ) from e
         m = dict(out.metrics)
-        # Per-step counts (not running totals), so a resumed run logs what a fresh one would.
-        m.update(self.judge.step_metrics(before))
+        m.update(self._judge_metrics(before))
+        check_service(self.exp.outage, "judge", judge_url(self.exp), None, m)
         return out.batch, m
+
+    def _judge_metrics(self, before: dict[str, int]) -> dict[str, float]:
+        """The step's ``judge/*`` counts (not running totals, so a resumed run logs what a
+        fresh one would) and the judge's outage counts."""
+        m = self.judge.step_metrics(before)
+        m.update(service_counts("judge", m["judge/failed_requests"], m["judge/judged"]))
+        return m
+
+    def next_tasks(self) -> list:
+        """The next ``prompts_per_step`` training tasks of the data stream."""
+        idx = self.stream.take(self.exp.rollout.prompts_per_step)
+        return [self.data.train_tasks[i] for i in idx]
 
     def ntp_batch(self, row_multiple: int) -> tuple[RLBatch, dict[str, float]]:
         """Packed ``[ntp_batch_size, ntp_seq_len]`` rows of the next training documents."""
@@ -228,7 +319,7 @@ class AT2POMethod:
         self.eval_sets = load_eval_sets(exp.qa.eval)
         self.env = SearchEnv(make_search_backend(exp), exp.env)
         self.stream = pipeline.IndexStream(len(self.train_questions), exp.seed)
-        self.stop_strings = ("</search>", "</answer>")
+        self.stop_strings = exp.env.stop_strings  # </search> (+ </answer>: env.stop_at_answer)
         self.samples = True
         self.counts = {"train_questions": len(self.train_questions)}
         self.counts.update({f"eval_{k}": len(v) for k, v in self.eval_sets.items()})
@@ -242,12 +333,11 @@ class AT2POMethod:
     def next_batch(self, policy: Policy, spec: SampleSpec, seed: int, row_multiple: int):
         from rlpt_jax.rollout.at2po import at2po_rollout
 
-        idx = self.stream.take(self.exp.rollout.prompts_per_step)
-        qs = [self.train_questions[i] for i in idx]
+        before = self.env.metrics()
         out = at2po_rollout(
             policy,
             self.env,
-            qs,
+            self.next_questions(),
             self.exp.tree,
             self.exp.credit,
             spec,
@@ -256,8 +346,19 @@ class AT2POMethod:
             seed,
             row_multiple,
             sampler_rows=self.exp.rollout.sampler_rows,
+            advantage=self.exp.advantage,  # the leaves' group advantage of credit "vanilla"
+            dapo=self.exp.dapo,
+            more_questions=self.next_questions,  # DAPO's refill rounds
         )
-        return out.batch, out.metrics
+        m = dict(out.metrics)
+        m.update(retriever_counts(before, self.env.metrics()))
+        check_service(self.exp.outage, "retriever", retriever_url(self.exp), self.env.last_error, m)
+        return out.batch, m
+
+    def next_questions(self) -> list:
+        """The next ``prompts_per_step`` training questions of the data stream."""
+        idx = self.stream.take(self.exp.rollout.prompts_per_step)
+        return [self.train_questions[i] for i in idx]
 
     def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> Evaluation:
         from rlpt_jax.rollout.at2po import evaluate_qa
@@ -337,6 +438,20 @@ def make_search_backend(exp: ExperimentConfig):
     return search.BM25Search(cache_dir=exp.search.index_dir)
 
 
+def _check_demo_searches(exp: ExperimentConfig, env, split: str, counts: dict) -> None:
+    """Demonstrations are built once, so a retriever outage while building them has no
+    step to skip: beyond ``outage.max_failure_fraction`` of failed searches it stops the
+    run (a demonstration whose search failed is otherwise dropped, and counted)."""
+    try:
+        check_service(exp.outage, "retriever", retriever_url(exp), env.last_error, counts)
+    except ServiceOutage as e:
+        raise OutageError(
+            f"building the {split} demonstrations of the cold start: {e} "
+            f"(outage.max_failure_fraction={exp.outage.max_failure_fraction}); start the "
+            "retriever or fix search.url, then rerun the same command"
+        ) from e
+
+
 class SFTMethod:
     """Supervised fine-tuning (the cold start): next-token loss on assistant tokens only.
 
@@ -405,6 +520,7 @@ class SFTMethod:
         out, counts = {}, {}
         for split, questions in splits.items():
             examples = []
+            before = env.metrics()
             for q in questions:
                 # A quarter of the demonstrations search twice, the first query weak.
                 weak = int(hashlib.sha256(q.id.encode()).hexdigest(), 16) % 4 == 0
@@ -414,8 +530,11 @@ class SFTMethod:
                 if demo is not None:
                     examples.append(sft_data.Example(tuple(demo[0]), tuple(demo[1])))
             out[split] = examples
+            searched = retriever_counts(before, env.metrics())
+            _check_demo_searches(exp, env, split, searched)
             counts[f"sft_{split}_questions"] = len(questions)
             counts[f"sft_{split}_no_evidence"] = len(questions) - len(examples)
+            counts[f"sft_{split}_failed_searches"] = int(searched["outage/retriever_failures"])
         # model turns start where the mask turns on: search, (search,) answer
         counts["sft_two_search_demos"] = sum(
             sum(1 for a, b in zip(e.mask, e.mask[1:]) if a == 0 and b == 1) == 3
@@ -495,4 +614,8 @@ def build_data(exp: ExperimentConfig, tokenizer: Tokenizer, use_chat: bool) -> M
         return AT2POMethod(exp, tokenizer, use_chat)
     if exp.method == "sft":
         return SFTMethod(exp, tokenizer, use_chat)
+    if exp.method == "rlvr":
+        from rlpt_jax.train.rlvr import RLVRMethod  # it builds on this module's Evaluation
+
+        return RLVRMethod(exp, tokenizer, use_chat)
     return RLPTMethod(exp, tokenizer, use_chat)
