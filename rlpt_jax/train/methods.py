@@ -312,16 +312,33 @@ class AT2POMethod:
 
     def __init__(self, exp: ExperimentConfig, tokenizer: Tokenizer, use_chat: bool):
         from rlpt_jax.envs.search_env import SearchEnv
+        from rlpt_jax.rollout.at2po import prompt_ids
 
         self.exp = exp
         self.tokenizer = tokenizer
-        self.train_questions = load_questions(exp.qa.train, "train")
+        # rollout.max_prompt_tokens bounds the prompt as the memory plan assumes: a longer
+        # training question is left out (counted), never cut (that would cut its template).
+        questions = load_questions(exp.qa.train, "train")
+        self.train_questions = [
+            q
+            for q in questions
+            if len(prompt_ids(tokenizer, use_chat, q.question, exp.qa.system_prompt))
+            <= exp.rollout.max_prompt_tokens
+        ]
+        if not self.train_questions:
+            raise ValueError(
+                f"every training question's prompt is longer than rollout.max_prompt_tokens="
+                f"{exp.rollout.max_prompt_tokens}; raise it"
+            )
         self.eval_sets = load_eval_sets(exp.qa.eval)
         self.env = SearchEnv(make_search_backend(exp), exp.env)
         self.stream = pipeline.IndexStream(len(self.train_questions), exp.seed)
         self.stop_strings = exp.env.stop_strings  # </search> (+ </answer>: env.stop_at_answer)
         self.samples = True
-        self.counts = {"train_questions": len(self.train_questions)}
+        self.counts = {
+            "train_questions": len(self.train_questions),
+            "train_questions_prompt_too_long": len(questions) - len(self.train_questions),
+        }
         self.counts.update({f"eval_{k}": len(v) for k, v in self.eval_sets.items()})
 
     def rows_per_step(self) -> int:
