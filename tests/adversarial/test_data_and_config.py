@@ -374,7 +374,14 @@ def _at2po_method(tmp_path, monkeypatch, eval_paths):
             "qa": {"train": _qa_file(tmp_path / "train.jsonl"), "eval": tuple(eval_paths)},
         }
     )
-    return methods.AT2POMethod(exp, tokenizer=None, use_chat=False)
+    return methods.AT2POMethod(exp, tokenizer=_WordTokenizer(), use_chat=False)
+
+
+class _WordTokenizer:
+    """Enough of a tokenizer for the method's prompt-length check: a token per word."""
+
+    def encode(self, text: str) -> list[str]:
+        return text.split()
 
 
 def test_eval_metrics_use_the_dataset_name(tmp_path, monkeypatch):
