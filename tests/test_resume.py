@@ -21,6 +21,7 @@ ARGS = [
     "--config.checkpoint.save_every=1",
     "--config.checkpoint.max_to_keep=2",  # the fallback below needs the step before
     "--config.checkpoint.async_save=False",
+    "--config.train.kl_to_init=False",  # a metric only: one forward a step less
 ]
 
 
