@@ -6,11 +6,13 @@ import types
 
 import numpy as np
 import pytest
+from scripted_engine import ScriptedTurnEngine
 
 from rlpt_jax.algos.advantages import AdvantageConfig
 from rlpt_jax.algos.dapo import DAPOConfig, fill_groups, informative, overlong_penalty
 from rlpt_jax.rollout.policy import Completion, SampleSpec
 from rlpt_jax.rollout.rlpt import Scored, group_rollout
+from rlpt_jax.rollout.tree import TurnSample
 
 # -- overlong reward shaping ------------------------------------------------------------
 
@@ -219,35 +221,9 @@ class _TreeTok:
         return "".join(ANSWERS.get(i, "") for i in ids)
 
 
-class _AlternatingEngine:
+def _AlternatingEngine() -> ScriptedTurnEngine:
     """Every turn answers at once: even rows say Paris, odd rows Berlin."""
-
-    def __init__(self):
-        self.rows = 0
-
-    def _new(self, m):
-        self.rows += m
-        return list(range(self.rows - m, self.rows))
-
-    def start(self, prompts):
-        return self._new(len(prompts))
-
-    def fork(self, row, length, m):
-        return self._new(m)
-
-    def extend(self, rows, tokens):
-        pass
-
-    def release(self, rows):
-        pass
-
-    def generate(self, rows, max_new_tokens):
-        from rlpt_jax.rollout.tree import TurnSample
-
-        return [TurnSample([101 + r % 2], [-0.5], [1.0], "eos") for r in rows]
-
-    def counters(self):
-        return {"prefilled_tokens": 0, "decoded_tokens": 0}
+    return ScriptedTurnEngine(lambda r: TurnSample([101 + r % 2], [-0.5], [1.0], "eos"))
 
 
 class _TreePolicy:

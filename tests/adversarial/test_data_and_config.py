@@ -17,11 +17,13 @@ import pytest
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 from safetensors.numpy import save_file
+from scripted_engine import ScriptedTurnEngine
 
 from rlpt_jax.data.corpus import read_jsonl, read_text_dir
 from rlpt_jax.data.qa import load_qa_jsonl
 from rlpt_jax.data.sft import load_chat_jsonl
 from rlpt_jax.models.hf_io import CheckpointError, load_hf
+from rlpt_jax.rollout.tree import TurnSample
 from rlpt_jax.train.experiment import ExperimentConfigError, from_config_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -247,35 +249,9 @@ class _Tok:
         return "<answer> \\boxed{Paris} </answer>"
 
 
-class _AnsweringEngine:
+def _AnsweringEngine() -> ScriptedTurnEngine:
     """A turn engine whose every turn answers at once (no search is ever made)."""
-
-    def __init__(self):
-        self.rows = 0
-
-    def _new(self, m):
-        self.rows += m
-        return list(range(self.rows - m, self.rows))
-
-    def start(self, prompts):
-        return self._new(len(prompts))
-
-    def fork(self, row, length, m):
-        return self._new(m)
-
-    def extend(self, rows, tokens):
-        pass
-
-    def release(self, rows):
-        pass
-
-    def generate(self, rows, max_new_tokens):
-        from rlpt_jax.rollout.tree import TurnSample
-
-        return [TurnSample([5, 6], [-0.5, -0.5], [1.0, 1.0], "eos") for _ in rows]
-
-    def counters(self):
-        return {"prefilled_tokens": 0, "decoded_tokens": 0}
+    return ScriptedTurnEngine(lambda r: TurnSample([5, 6], [-0.5, -0.5], [1.0, 1.0], "eos"))
 
 
 class _AnsweringPolicy:
