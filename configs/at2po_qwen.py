@@ -28,6 +28,12 @@ Where the paper is silent the reference code decides: ``env.require_think`` and
 ``env.over_limit_invalid`` (format incentives, both on), ``env.stop_at_answer`` (off: the
 EOS after ``</answer>`` is trained). The paper variants prompt with Fig. 6's layout
 (``PAPER_PROMPT``); ``cpu``/``tiny`` keep the compact prompt their cold start teaches.
+
+Sources in the comments: "AT²PO" is arXiv 2601.04767, cited by figure, table or the part
+of the paper named in spec/at2po.md (the spec gives no section numbers); "ref code" is the
+authors' public verl fork, cited by its file paths; "[ours]" marks a choice neither
+makes. Mesh, dtypes, memory, checkpoint and outage fields are engineering settings, all
+[ours].
 """
 
 import ml_collections
@@ -77,11 +83,14 @@ VARIANTS = (
 )
 
 
-# The chain baselines' losses, as the paper's experimental setup lists them: GRPO with KL
-# 0.001 and clip 0.2 (the reference's AEPO/scripts/GRPO_qwen3_4B.sh: kl_loss_coef=0.001;
-# ATPO/scripts/config/ppo_trainer_dr.yaml: clip_ratio 0.2, loss_agg_mode token-mean);
+# The chain baselines' losses, as the paper's experimental setup lists them (AT²PO,
+# baselines): GRPO with KL 0.001 and clip 0.2 (ref code: AEPO/scripts/GRPO_qwen3_4B.sh,
+# kl_loss_coef=0.001, kl_loss_type low_var_kl = k3; the config it loads,
+# AEPO/scripts/config/ppo_trainer_dr.yaml: clip_ratio 0.2, loss_agg_mode token-mean);
 # DAPO's clip-higher 0.2/0.28 and token-level loss (DAPO, arXiv 2503.14476, Sec. 3.1 and
-# 3.3); GSPO's sequence ratio with clip 3e-4/4e-4 (GSPO, arXiv 2507.18071, its setup).
+# 3.3); GSPO's sequence ratio with clip 3e-4/4e-4 (AT²PO, baselines; GSPO, arXiv
+# 2507.18071, its setup), token mean per sequence as the ref code's
+# ATPO/verl_atpo/verl/trainer/ppo/core_algos.py compute_policy_loss_gspo aggregates.
 CHAIN_BASELINES = {
     "grpo": dict(kind="ppo", clip_low=0.2, clip_high=0.2, agg="token_mean", kl_coef=0.001),
     "dapo": dict(kind="ppo", clip_low=0.2, clip_high=0.28, agg="token_mean", kl_coef=0.0),
@@ -105,8 +114,12 @@ def base() -> ml_collections.ConfigDict:
         batch_invariant=False,  # True: sampler log-probs == update step's, bit for bit
     )
     c.mesh = dict(data=1, fsdp=8, tensor=1)
-    c.chat_template = True
-    # Paper: 64 prompts per step, T=1.0, top-p 1.0, max prompt 2000 / response 6192.
+    c.chat_template = True  # Fig. 6 / ref code: the chat template with the generation prompt
+    # AT²PO, training recipe: 64 prompts per step, T=1.0, top-p 1.0, max prompt 2000 /
+    # response 6192 tokens (ref code: ATPO/scripts/ATPO_qwen3_4B.sh TRAIN_BATCH_SIZE,
+    # MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH; ATPO/scripts/config/ppo_trainer_dr.yaml
+    # rollout temperature, top_p, top_k -1 = off). One sample per prompt: the tree (or the
+    # chains below) makes the group.
     c.rollout = dict(
         prompts_per_step=64,
         samples_per_prompt=1,
@@ -116,8 +129,13 @@ def base() -> ml_collections.ConfigDict:
         max_new_tokens=6192,
         max_prompt_tokens=2000,
         cache_dtype="bfloat16",
-        sampler_rows=176,
+        sampler_rows=176,  # [ours] memory: 8 trees of 22 leaves at once
     )
+    # AT²PO, entropy-guided tree expansion: M=10 chains, L=2 rounds, K=6 picks, 22
+    # leaves (ref code: ATPO/scripts/ATPO_qwen3_4B.sh INITIAL_ROLLOUTS, EXPANSION_ITERATIONS,
+    # BEAM_SIZE, SAMPLES_PER_TREE); the sibling penalty alpha is not in the paper, 0.05 in
+    # the ref code (ATPO/verl_atpo/verl/workers/rollout/vllm_rollout/
+    # vllm_rollout_with_tools_tree_offline.py: score = H - 0.05 * (|children(parent)| - 1)).
     c.tree = dict(
         num_chains=10,
         rounds=2,
@@ -128,13 +146,19 @@ def base() -> ml_collections.ConfigDict:
         # No per-turn cap: the paper caps only the response (6192 tokens), as does the
         # reference (MAX_RESPONSE_LENGTH in ATPO/scripts/ATPO_qwen3_4B.sh).
         max_turn_tokens=placeholder(int),
+        # [ours] a safety cap the ref code does not have: 6 searches and the answer fit in 7
         max_turns=8,
         seed=0,
     )
-    # Paper, turn-wise credit: linear entropy weights, A = V (the reference's node_value,
-    # ATPO/scripts/ATPO_qwen3_4B.sh); "vanilla" is its ablation without credit assignment.
+    # AT²PO, turn-wise credit assignment: linear entropy weights w_c = H(c) / sum H
+    # (the ref code's ATPO_qwen3_4B.sh uses node_value_mode=child_softmax: weighting
+    # "softmax"), A = V (its node_adv_mode=node_value); "vanilla" is the Table 2 ablation
+    # without credit assignment (node_adv_mode=vanilla).
     c.credit = dict(weighting="linear", advantage="value")
-    # Paper: top-3 passages of at most 1000 characters, at most 6 tool calls.
+    # AT²PO, search-QA setting: top-3 passages of at most 1000 characters, at most 6 tool
+    # calls (ref code: rag_server/launch.sh --topk 3; ATPO/verl_atpo/verl/workers/rollout/
+    # tools/search_tool.py result_length=1000; vllm_rollout_with_tools_tree_offline.py
+    # call_limit 6).
     c.env = dict(
         topk=3,
         max_chars=1000,
@@ -149,6 +173,8 @@ def base() -> ml_collections.ConfigDict:
         # </answer> is sampled and trained.
         stop_at_answer=False,
     )
+    # AT²PO, search-QA setting: e5-base-v2 over Wikipedia 2018, served over HTTP (ref code:
+    # rag_server/). [ours]: timeout and retries.
     c.search = dict(
         backend="http",
         url="http://127.0.0.1:8000",
@@ -156,19 +182,24 @@ def base() -> ml_collections.ConfigDict:
         retries=3,
         index_dir=placeholder(str),
     )
-    # format_penalty: the paper's -1 for an invalid format; system_prompt: Fig. 6.
+    # format_penalty: AT²PO, training recipe: -1 for an invalid format (ref code:
+    # deep_research_em.py); system_prompt: AT²PO Fig. 6. train/eval: [ours] the embedded
+    # set; the paper trains on HotpotQA (multi-hop) or NQ (single-hop), FlashRAG jsonl.
     c.qa = dict(
         train="embedded", eval=("embedded",), format_penalty=-1.0, system_prompt=PAPER_PROMPT
     )
     # The leaves' group advantage of credit.advantage="vanilla" (the chain baselines and
     # the Tree-GRPO / ablation variants; ATPO's "value" credit does not read it): verl's
-    # GRPO as the reference code runs it (algorithm.adv_estimator=grpo,
-    # norm_adv_by_std_in_grpo=True; core_algos.compute_grpo_outcome_advantage divides by
-    # torch.std, the sample std, + 1e-6).
+    # GRPO as the ref code runs it (algorithm.adv_estimator=grpo,
+    # norm_adv_by_std_in_grpo=True; ATPO/verl_atpo/verl/trainer/ppo/core_algos.py
+    # compute_grpo_outcome_advantage divides by torch.std, the sample std, + 1e-6).
     c.advantage = dict(kind="grpo", scale_by_std=True, std_ddof=1)
     # DAPO's rollout-side techniques (arXiv 2503.14476), off except in the dapo variant.
     c.dapo = dict(dynamic_sampling=False, max_rounds=10, overlong_buffer=0, overlong_penalty=1.0)
-    # ATPO: per-turn ratio, eps 3e-3 / 4e-3, log-ratio clamp 10, no KL, no entropy bonus.
+    # AT²PO, ATPO objective: per-turn ratio, eps 3e-3 / 4e-3, log-ratio clamp 10, token
+    # mean per sequence then mean over sequences, no KL, no entropy bonus (ref code:
+    # ATPO_qwen3_4B.sh policy_loss=gspo_turn, clip_ratio_low/high, kl_loss_coef=0.0;
+    # core_algos.py compute_policy_loss_gspo_turn: clamp 10, seq-mean-token-mean).
     c.loss = dict(
         kind="atpo",
         clip_low=3e-3,
@@ -182,7 +213,9 @@ def base() -> ml_collections.ConfigDict:
         # (compute_log_prob before the update); the sampler's differ by their numerics.
         old_logprobs="recompute",
     )
-    # AdamW lr 1e-6 constant, wd 0.01, clip 1.0; 240 steps; mini-batch 8 prompts (8 updates).
+    # AT²PO, training recipe: AdamW lr 1e-6 constant, wd 0.01, grad clip 1.0; 240 steps;
+    # mini-batch 8 prompts (8 updates a step, 1 epoch) (ref code: ATPO_qwen3_4B.sh optim.lr,
+    # PPO_MINI_BATCH_SIZE=8; ppo_trainer_dr.yaml weight_decay, grad_clip, warmup_style).
     c.optim = dict(
         learning_rate=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.01, grad_clip=1.0
     )
@@ -196,11 +229,14 @@ def base() -> ml_collections.ConfigDict:
         kl_to_init=True,  # log KL(policy || initial policy); one extra forward a step
         peak_tflops=placeholder(float),  # summed device peak, for the MFU metric
     )
-    # num_prompts None: the full test sets (paper Table 1 and its test-set sizes; the
-    # averages weight each dataset by its questions, as eval/em_avg does).
+    # num_prompts None: the full test sets (AT²PO Table 1 and its test-set sizes; the
+    # averages weight each dataset by its questions, as eval/em_avg does). every=20: the ref
+    # code's TEST_FREQ=20 (ATPO_qwen3_4B.sh). Validation is greedy, one chain, no tree
+    # (AT²PO, training recipe).
     c.eval = dict(
         every=20, num_prompts=placeholder(int), ntp_docs=0, ntp_max_tokens=256, max_new_tokens=6192
     )
+    # [ours] save with each evaluation (the ref code's SAVE_FREQ is 50)
     c.checkpoint = dict(
         save_every=20, max_to_keep=3, best_metric="eval/em_avg", best_mode="max", async_save=True
     )
@@ -220,12 +256,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             f"unknown variant {variant!r} of at2po_qwen.py; valid: {', '.join(VARIANTS)}"
         )
     c = base()
-    if variant in ("qwen3_4b", "qwen3_8b"):
+    if variant in ("qwen3_4b", "qwen3_8b"):  # AT²PO Table 1 backbones (main: Qwen3-4B)
         c.model.arch = variant.replace("_", "-")
     elif variant == "qwen2_5_7b":  # Qwen2.5-7B-Instruct (paper Table 1, third backbone)
         c.model.arch = "qwen2.5-7b"
     elif variant in CHAIN_BASELINES:
-        # 16 independent chains (the paper's baseline setup), each leaf's GRPO advantage
+        # 16 independent chains (AT²PO, baselines: GRPO with 16 rollouts; ref code:
+        # GRPO_qwen3_4B.sh ROLLOUT_N=16), each leaf's GRPO advantage
         c.tree.expansion = "chains"
         c.tree.num_chains, c.tree.rounds, c.tree.picks = 16, 0, 0
         c.credit.advantage = "vanilla"
@@ -242,7 +279,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # DAPO as published: dynamic sampling and overlong shaping besides its loss (Sec.
         # 3.2, 3.4). Buffer 2000 of the 6192-token response: the reference's baseline
         # script (AEPO/scripts/GRPO_qwen3_4B.sh, OVERLONG_BUFFER_LEN=2000, factor 1.0);
-        # at most 10 sampling rounds: ppo_trainer_dr.yaml filter_groups.max_num_gen_batches.
+        # at most 10 sampling rounds: AEPO/scripts/config/ppo_trainer_dr.yaml
+        # algorithm.filter_groups.max_num_gen_batches (the GRPO script itself sets 2, with
+        # filtering off).
         c.dapo.update(dynamic_sampling=True, max_rounds=10, overlong_buffer=2000)
     if variant in ("grpo", "dapo", "gspo", "random_tree", "random_tree_atpo", "tree_vanilla"):
         c.model.arch = "qwen3-4b"
