@@ -36,6 +36,10 @@ line add to or replace its fields)::
               {"name": "ntp", "config": "configs/rlpt_qwen.py:cpu",
                "overrides": ["method=ntp"]}]}
 
+An override's value may contain ``{seed}``, replaced by the run's seed: e.g. the RLVR stage
+of ``launch/pipeline.py`` starts each seed from that seed's RLPT export
+(``model.path=runs/rlpt/seed{seed}/hf_export``).
+
 **Resumable.** A run whose ``final_metrics.json`` exists is skipped (it must have been
 made with the same config and overrides; otherwise this is an error). A run stopped
 half-way is started again in its folder and ``loop.run`` resumes it from its checkpoints.
@@ -86,6 +90,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EVAL_EXAMPLES_NAME = "eval_examples.jsonl"
 FINAL_NAME = "final_metrics.json"
 RECORD_NAME = "compare_run.json"
+# In an override's value, replaced by the run's seed (e.g. a per-seed model.path).
+SEED_FIELD = "{seed}"
 SUMMARY_NAME = "summary.json"
 RESULTS_NAME = "results.md"
 SPEC_NAME = "spec.json"
@@ -194,7 +200,10 @@ def train_command(arm: Arm, seed: int, workdir: Path) -> list[str]:
     """The ``launch/train.py`` command of one run (paths inside the repository relative)."""
     _, _, variant = arm.config.partition(":")
     cfg = _shown(config_path(arm)) + (f":{variant}" if variant else "")
-    overrides = [f"--config.{o.removeprefix('--config.')}" for o in arm.overrides]
+    overrides = [
+        f"--config.{o.removeprefix('--config.').replace(SEED_FIELD, str(seed))}"
+        for o in arm.overrides
+    ]
     return [
         "python",
         "launch/train.py",

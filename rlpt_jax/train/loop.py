@@ -66,6 +66,8 @@ from rlpt_jax.train.steps import (
 
 # Part of the cold-start cache key: bump when SFT data building changes what a config means.
 COLD_START_VERSION = 1
+# Written in every run folder: {"model_path": the weights the run starts from}.
+START_MODEL_NAME = "start_model.json"
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -107,6 +109,9 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
 
     # 2. Model -------------------------------------------------------------------------
     model_dir = exp.model.resolve()
+    if main:  # the model this run starts from, after its cold start (launch/pipeline.py)
+        start = {"model_path": str(model_dir)}
+        (workdir / START_MODEL_NAME).write_text(json.dumps(start, indent=2) + "\n")
     mesh = parallel.make_mesh(exp.mesh)
     log(
         f"[rlpt_jax] {exp.method} | model {model_dir} | mesh {dict(mesh.shape)} | workdir {workdir}"
