@@ -112,6 +112,9 @@ def base() -> ml_collections.ConfigDict:
         dtype="bfloat16",
         remat=True,
         batch_invariant=False,  # True: sampler log-probs == update step's, bit for bit
+        # [ours] auto: xla on CPU, blockwise on GPU, splash on TPU (README, Attention)
+        attention="auto",
+        attention_block=512,
     )
     c.mesh = dict(data=1, fsdp=8, tensor=1)
     c.chat_template = True  # Fig. 6 / ref code: the chat template with the generation prompt

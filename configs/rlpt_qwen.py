@@ -45,6 +45,9 @@ def base() -> ml_collections.ConfigDict:
         dtype="bfloat16",
         remat=True,
         batch_invariant=False,  # True: sampler log-probs == update step's, bit for bit
+        # [ours] auto: xla on CPU, blockwise on GPU, splash on TPU (README, Attention)
+        attention="auto",
+        attention_block=512,
     )
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     # [ours] Wikipedia, one of the paper's corpus sources (RLPT, data: Wikipedia, arXiv, Q&A

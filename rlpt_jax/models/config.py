@@ -33,6 +33,10 @@ class ModelConfig:
     step of a few rows and a teacher-forced training forward give bit-identical logits
     (float32 on XLA:CPU; see ``rlpt_jax.models.decoder``). It costs speed: the sampler's
     decode runs ~30% slower at batch 16 and ~45% slower at batch 1 (``bench/sampler.py``).
+
+    ``attention`` (not part of ``config.json`` either): the attention implementation,
+    ``"auto" | "xla" | "blockwise" | "cudnn" | "splash"`` (``rlpt_jax.models.attention``), with the
+    blockwise query/key block size ``attention_block``.
     """
 
     model_type: str
@@ -57,6 +61,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     batch_invariant: bool = False
+    attention: str = "xla"
+    attention_block: int = 512
     hf_config: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self):
@@ -83,11 +89,26 @@ class ModelConfig:
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ConfigError(f"{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+        from rlpt_jax.models import attention
+
+        try:
+            attention.resolve(self.attention, self.dtype, self.batch_invariant, platform="cpu")
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        if self.attention_block < 1:
+            raise ConfigError(f"attention_block must be >= 1, got {self.attention_block}")
         scaling = self.rope_scaling_dict
         if scaling is not None:
             kind = scaling.get("rope_type", scaling.get("type"))
             if kind not in ("default", "llama3"):
                 raise ConfigError(f"unsupported rope_scaling type {kind!r} (supported: llama3)")
+
+    @property
+    def attention_impl(self) -> str:
+        """The implementation ``attention`` stands for on this backend."""
+        from rlpt_jax.models import attention
+
+        return attention.resolve(self.attention, self.dtype, self.batch_invariant)
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:

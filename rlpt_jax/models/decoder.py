@@ -41,16 +41,14 @@ remove the reduction-order dependence, but matmul order is up to the backend's k
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlpt_jax.models import attention
 from rlpt_jax.models.config import ModelConfig
-
-_NEG = -1e30
 
 
 def _dtype(name: str):
@@ -250,40 +248,6 @@ def _logprob_entropy(z: jax.Array, targets: jax.Array | None):
     return picked - lse, entropy
 
 
-def attend(
-    qg: jax.Array,
-    keys: jax.Array,
-    values: jax.Array,
-    allowed: jax.Array,
-    scores_eq: str,
-    out_eq: str,
-    *,
-    batch_invariant: bool = False,
-) -> jax.Array:
-    """softmax(qg · keys / √H, masked to ``allowed``) · values, in qg's dtype.
-
-    The einsum specs give the layouts: ``scores_eq`` maps (qg, keys) to scores whose
-    leading axes are [B, K, G] and whose trailing axes match ``allowed`` [B, *T, S] less its
-    batch axis; ``out_eq`` maps (probs, values) to the output. Scores and softmax are float32
-    (float64 with ``batch_invariant``).
-    """
-
-    def core(qg, keys, values, allowed, wide=False):
-        if wide:  # float32 in, exact float64 products and sums out (no float64 copy of keys)
-            scores = jnp.einsum(scores_eq, qg, keys, preferred_element_type=jnp.float64)
-        else:
-            scores = jnp.einsum(scores_eq, qg, keys).astype(jnp.float32)
-        scores = scores * (1.0 / math.sqrt(qg.shape[-1]))
-        logits = jnp.where(jnp.expand_dims(allowed, (1, 2)), scores, _NEG)
-        probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
-        return jnp.einsum(out_eq, probs, values)
-
-    if batch_invariant:
-        wide = functools.partial(core, wide=True)
-        return in_float64(wide, qg, keys, values, allowed, keep=(0, 1))
-    return core(qg, keys, values, allowed)
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -306,7 +270,7 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=inv)
             self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=inv)
 
-    def __call__(self, x, positions, inv_freq, mask_fn, layer_cache):
+    def __call__(self, x, positions, inv_freq, mask, layer_cache):
         cfg = self.cfg
         dt = x.dtype
         inv = cfg.batch_invariant
@@ -331,13 +295,18 @@ class Attention(nnx.Module):
         else:
             keys, values, new_cache = k, v, None
 
-        b, t, n, h = q.shape
-        kk = cfg.num_kv_heads
-        qg = q.reshape(b, t, kk, n // kk, h)
-        allowed = mask_fn()  # [B, T, S]
-        out = attend(
-            qg, keys, values, allowed, "BTKGH,BSKH->BKGTS", "BKGTS,BSKH->BTKGH", batch_invariant=inv
-        ).reshape(b, t, n * h)
+        out = attention.attention(
+            q,
+            keys,
+            values,
+            mask,
+            kv_layout="BSKH",
+            impl=cfg.attention_impl,
+            batch_invariant=inv,
+            block_q=cfg.attention_block,
+            block_k=cfg.attention_block,
+        )
+        n, h = cfg.num_heads, cfg.head_dim
         y = project(out, self.o_proj[...].reshape(n * h, -1), batch_invariant=inv)
         if cfg.o_bias:
             y = y + self.o_bias[...].astype(dt)
@@ -430,10 +399,9 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(d, eps, pd, rngs=rngs, batch_invariant=inv)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, positions, inv_freq, mask_fn, layer_cache):
-        a, new_cache = self.self_attn(
-            self.input_layernorm(x), positions, inv_freq, mask_fn, layer_cache
-        )
+    def __call__(self, x, positions, inv_freq, mask, layer_cache):
+        h = self.input_layernorm(x)
+        a, new_cache = self.self_attn(h, positions, inv_freq, mask, layer_cache)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_cache
@@ -490,23 +458,16 @@ class Decoder(nnx.Module):
 
         if cache is None:
             seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
-            idx = jnp.arange(t)
-            causal = idx[None, :, None] >= idx[None, None, :]
-            same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
-            allowed = causal & same
+            mask = attention.Mask.causal(seg)
             new_pos = None
         else:
             if write_index is None:
                 write_index = jnp.zeros((b,), jnp.int32)
             new_pos = _write_rows(cache.pos, positions.astype(jnp.int32), write_index)
-            key_pos = new_pos[:, None, :]
-            allowed = (key_pos >= 0) & (key_pos <= positions[:, :, None])
-
-        def mask_fn():
-            return allowed
+            mask = attention.Mask.cached(positions, new_pos)
 
         def run_block(block, x, layer_cache):
-            return block(x, positions, inv_freq, mask_fn, layer_cache)
+            return block(x, positions, inv_freq, mask, layer_cache)
 
         if remat:
             run_block = nnx.remat(run_block)

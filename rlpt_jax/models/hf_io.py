@@ -235,17 +235,23 @@ def load_hf(
     param_dtype: str | None = None,
     dtype: str | None = None,
     batch_invariant: bool = False,
+    attention: str | None = None,
+    attention_block: int | None = None,
 ) -> Decoder:
     """Load a Hugging Face model folder into a ``Decoder``.
 
     With ``mesh``, every parameter is created directly with the sharding the logical-axis
     ``rules`` give it. ``param_dtype`` / ``dtype`` override storage and compute dtypes;
-    ``batch_invariant`` sets ``ModelConfig.batch_invariant``.
+    ``batch_invariant``, ``attention`` and ``attention_block`` set those ``ModelConfig``
+    fields (None: the default).
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
-    overrides = {k: v for k, v in (("param_dtype", param_dtype), ("dtype", dtype)) if v}
+    given = dict(
+        param_dtype=param_dtype, dtype=dtype, attention=attention, attention_block=attention_block
+    )
+    overrides = {k: v for k, v in given.items() if v is not None}
     overrides["batch_invariant"] = bool(batch_invariant)
     cfg = read_model_config(path, **overrides)
     files = _tensor_files(path)

@@ -36,12 +36,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlpt_jax.models import attention
 from rlpt_jax.models.config import ModelConfig
 from rlpt_jax.models.decoder import (
     Decoder,
     KVCache,
     apply_rope,
-    attend,
     logits_transposed,
     project,
     project_transposed,
@@ -148,9 +148,9 @@ def _mlp(mlp, x):
     return project_transposed(jax.nn.silu(g) * u, mlp.down_proj[...])
 
 
-def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
+def _attention(attn, x, positions, inv_freq, mask, kc, vc, slots):
     """One attention layer over the cache. x [R, T, D]; kc, vc [R, K, S, H]; slots [R, T];
-    allowed [R, T, W]: attention reads the first W <= S slots (the rest are never allowed)."""
+    mask over the first W <= S slots (``mask.k_ord`` [R, W]): attention reads only those."""
     cfg = attn.cfg
     dt = x.dtype
     inv = cfg.batch_invariant
@@ -172,23 +172,20 @@ def _attention(attn, x, positions, inv_freq, allowed, kc, vc, slots):
     kc = kc.at[rows, :, slots].set(k.astype(kc.dtype), mode="drop")
     vc = vc.at[rows, :, slots].set(v.astype(vc.dtype), mode="drop")
 
-    b, t = q.shape[:2]
-    w = allowed.shape[-1]
-    keys, values = kc[:, :, :w].astype(dt), vc[:, :, :w].astype(dt)
     # The cache is [R, K, S, H] so that both attention products read it without a transpose.
-    # A decode step (T = 1) drops the T axis from both products: with it, XLA:CPU transposes
-    # around each of the [R·K] tiny dots; without it, it fuses them into multiply-reduce
-    # loops that stream the cache once (SmolLM2-135M, batch 16, S=256: 40 ms per decode step
-    # against 59 ms).
-    if t == 1:
-        qg = q.reshape(b, kk, n // kk, h)
-        eqs = ("BKGH,BKSH->BKGS", "BKGS,BKSH->BKGH")
-        out = attend(qg, keys, values, allowed[:, 0], *eqs, batch_invariant=inv)
-    else:
-        qg = q.reshape(b, t, kk, n // kk, h)
-        eqs = ("BTKGH,BKSH->BKGTS", "BKGTS,BKSH->BTKGH")
-        out = attend(qg, keys, values, allowed, *eqs, batch_invariant=inv)
-    out = out.reshape(b, t, n * h)
+    w = mask.k_ord.shape[-1]
+    keys, values = kc[:, :, :w].astype(dt), vc[:, :, :w].astype(dt)
+    out = attention.attention(
+        q,
+        keys,
+        values,
+        mask,
+        kv_layout="BKSH",
+        impl=cfg.attention_impl,
+        batch_invariant=inv,
+        block_q=cfg.attention_block,
+        block_k=cfg.attention_block,
+    )
     o = attn.o_proj[...]
     y = _project(out, o if inv else o.reshape(n * h, -1), inv)
     if cfg.o_bias:
@@ -217,8 +214,7 @@ def forward(
     slots = write_index[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
     rows = jnp.arange(tokens.shape[0])[:, None]
     pos = cache.pos.at[rows, slots].set(positions.astype(jnp.int32), mode="drop")
-    key_pos = pos[:, None, :window]
-    allowed = (key_pos >= 0) & (key_pos <= positions[:, :, None])  # [R, T, window or S]
+    mask = attention.Mask.cached(positions, pos[:, :window])  # keys: window or S slots
 
     new_k, new_v = [], []
     for i, block in enumerate(model.layers):
@@ -227,7 +223,7 @@ def forward(
             block.input_layernorm(x),
             positions,
             inv_freq,
-            allowed,
+            mask,
             cache.k[i],
             cache.v[i],
             slots,

@@ -13,9 +13,11 @@ divided by the mesh axes that shard it:
 * parameters P·b_param, gradients P·4, AdamW moments 2·P·4;
 * activations, with per-layer remat: L·Tk·D·b_compute (saved layer inputs) plus one
   layer's working set; without remat: L working sets. A layer's working set is
-  Tk·(6D + 3F)·b_compute + 2·Tk·T·N·4 (attention scores and probabilities, float32), and
-  the vocabulary chunk adds 3·rows·chunk·V·4 (attention is plain XLA: the T×T scores are
-  materialised, so long sequences are dominated by them);
+  Tk·(6D + 3F)·b_compute plus attention's, and the vocabulary chunk adds
+  3·rows·chunk·V·4. Attention (``model.attention``, ``planned_attention``): with ``xla``
+  2·Tk·T·N·4 (the T×T scores and probabilities, float32: long sequences are dominated by
+  them); with ``blockwise``/``cudnn`` two float32 tiles per head, 2·rows·N·B²·4 (B =
+  ``model.attention_block``), plus 4·Tk·N·H·4 of per-token accumulators;
 * the sampler's KV cache, 2·L·rows·T·K·H·b_cache, rows = one wave
   (``rollout.sampler_rows``) over (data, fsdp), kv heads over tensor;
 * with ``model.batch_invariant``, the update step's transposed copy of the weights,
@@ -61,13 +63,20 @@ class Plan:
         return float(sum(self.bytes.values()))
 
 
+def planned_attention(exp: ExperimentConfig) -> str:
+    """The attention implementation the planned run will use. A dry run on a CPU plans an
+    accelerator run, so ``auto`` is resolved as on a GPU/TPU there."""
+    from rlpt_jax.models import attention
+
+    backend = jax.default_backend()
+    platform = "gpu" if backend == "cpu" else backend
+    m = exp.model
+    return attention.resolve(m.attention, m.dtype, m.batch_invariant, platform=platform)
+
+
 def model_config(exp: ExperimentConfig, arch: str | None) -> ModelConfig:
     path = exp.model.path
-    dtypes = dict(
-        param_dtype=exp.model.param_dtype,
-        dtype=exp.model.dtype,
-        batch_invariant=exp.model.batch_invariant,
-    )
+    dtypes = exp.model.model_config_fields()
     if path and path != EMBEDDED and (Path(path) / "config.json").is_file():
         return ModelConfig.from_pretrained(path, **dtypes)
     if path == EMBEDDED:
@@ -118,7 +127,13 @@ def plan(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> Plan:
     tk = rows_dev * seq
     d, f = cfg.hidden_size, cfg.intermediate_size
     n_local = max(1, cfg.num_heads // tp)
-    layer = tk * (6 * d + 3 * f / tp) * cb + 2 * tk * seq * n_local * 4
+    impl = planned_attention(exp)
+    if impl == "xla":  # scores and probabilities, float32, [T, T] per head
+        attn = 2 * tk * seq * n_local * 4
+    else:  # two float32 tiles per head, plus float32 accumulators and output per token
+        bq = bk = min(exp.model.attention_block, seq)
+        attn = 2 * rows_dev * n_local * bq * bk * 4 + 4 * tk * n_local * cfg.head_dim * 4
+    layer = tk * (6 * d + 3 * f / tp) * cb + attn
     chunk = min(tr.logprob_chunk, seq)
     vocab = 3 * rows_dev * chunk * cfg.vocab_size / tp * 4
     if exp.model.remat:
@@ -162,7 +177,7 @@ def run(
         print(f"{name[:48]:48s} {str(shape):>22s}  {spec[:28]:28s} {str(local):>20s}")
     if len(shown) < len(p.params):
         print(f"  (+ {len(p.params) - len(shown)} more: layers 1..{cfg.num_layers - 1} as layer 0)")
-    print("\nper-device memory estimate:")
+    print(f"\nper-device memory estimate (attention: {planned_attention(exp)}):")
     for k, v in p.bytes.items():
         print(f"  {k:32s} {v / GiB:9.2f} GiB")
     print(f"  {'total':32s} {p.total / GiB:9.2f} GiB")

@@ -29,9 +29,7 @@ def evaluate_model(config, model_path: str | None = None, limit: int | None = No
     model = load_hf(
         exp.model.resolve(),
         mesh=mesh,
-        param_dtype=exp.model.param_dtype,
-        dtype=exp.model.dtype,
-        batch_invariant=exp.model.batch_invariant,
+        **exp.model.model_config_fields(),
     )
     tok = Tokenizer(exp.model.resolve_tokenizer())
     use_chat = exp.chat_template and tok.has_chat_template

@@ -52,6 +52,9 @@ class ModelSpec:
     the update step (less memory, ≈ one more forward of compute). ``batch_invariant``:
     numerics under which the sampler's log-probs equal the update step's bit for bit
     (``ModelConfig.batch_invariant``; float32 on CPU), at ~30% slower sampling.
+    ``attention``: ``"auto" | "xla" | "blockwise" | "cudnn" | "splash"``
+    (``rlpt_jax.models.attention``; auto: xla on CPU, blockwise on GPU, splash on TPU),
+    ``attention_block`` its block size.
     """
 
     path: str | None = EMBEDDED
@@ -61,6 +64,30 @@ class ModelSpec:
     dtype: str = "float32"
     remat: bool = False
     batch_invariant: bool = False
+    attention: str = "auto"
+    attention_block: int = 512
+
+    def __post_init__(self):
+        from rlpt_jax.models import attention
+
+        try:
+            attention.resolve(self.attention, self.dtype, self.batch_invariant, platform="cpu")
+        except ValueError as e:
+            raise ExperimentConfigError(f"model.attention: {e}") from e
+        if self.attention_block < 1:
+            raise ExperimentConfigError(
+                f"model.attention_block must be >= 1; got {self.attention_block}"
+            )
+
+    def model_config_fields(self) -> dict:
+        """The ``ModelConfig`` fields this spec sets (``load_hf`` keyword arguments)."""
+        return dict(
+            param_dtype=self.param_dtype,
+            dtype=self.dtype,
+            batch_invariant=self.batch_invariant,
+            attention=self.attention,
+            attention_block=self.attention_block,
+        )
 
     def resolve(self) -> Path:
         """The model folder; a clear error when it is not given or does not exist."""

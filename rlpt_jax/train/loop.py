@@ -119,9 +119,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     model = load_hf(
         model_dir,
         mesh=mesh,
-        param_dtype=exp.model.param_dtype,
-        dtype=exp.model.dtype,
-        batch_invariant=exp.model.batch_invariant,
+        **exp.model.model_config_fields(),
     )
     tokenizer = Tokenizer(exp.model.resolve_tokenizer())
     if tokenizer.vocab_size > model.cfg.vocab_size:

@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlpt_jax import parallel
 from rlpt_jax.batch import RLBatch
+from rlpt_jax.models.attention import Mask
 from rlpt_jax.models.decoder import logits_transposed, token_logprob_entropy
 from rlpt_jax.train.state import TrainState
 
@@ -120,11 +121,7 @@ def scanned_hidden(model: nnx.Module, tokens: Array, positions: Array, segment_i
     dt = jnp.dtype(cfg.dtype)
     x = jnp.take(model.embed_tokens[...], tokens, axis=0).astype(dt)
     inv_freq = rope_inv_freq(cfg)
-    t = tokens.shape[1]
-    idx = jnp.arange(t)
-    causal = idx[None, :, None] >= idx[None, None, :]
-    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] != 0)
-    allowed = causal & same
+    mask = Mask.causal(segment_ids)
     layer_def, _ = nnx.split(model.layers[0])
     states = [nnx.split(block)[1] for block in model.layers]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
@@ -132,7 +129,7 @@ def scanned_hidden(model: nnx.Module, tokens: Array, positions: Array, segment_i
     @jax.checkpoint
     def body(x, layer_state):
         block = nnx.merge(layer_def, layer_state)
-        y, _ = block(x, positions, inv_freq, lambda: allowed, None)
+        y, _ = block(x, positions, inv_freq, mask, None)
         return y, None
 
     x, _ = jax.lax.scan(body, x, stacked)

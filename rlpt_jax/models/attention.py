@@ -1,0 +1,423 @@
+"""Attention: one entry point (``attention``) and the implementations it chooses from.
+
+Shape legend: B batch, T queries, S keys, N query heads, K kv heads, G = N / K, H head dim.
+
+Every implementation computes the same function, softmax(q·kᵀ/√H, masked) · v with grouped
+query heads, and takes the mask as a ``Mask`` (four small [B, T] / [B, S] arrays), never
+as a [T, S] buffer, so that an implementation that never materialises the scores does not
+have to materialise the mask either:
+
+* ``"xla"``: scores [B, K, G, T, S] in float32 (float64 with ``batch_invariant``), then a
+  softmax. Memory grows with T·S: at 10k tokens the scores of one layer are 400 MB per head.
+* ``"blockwise"``: online softmax in plain JAX. Queries are cut into blocks of
+  ``block_q`` (``lax.map``), keys into blocks of ``block_k`` (``lax.scan``), and a running
+  max, normaliser and output are carried over key blocks, so the largest temporary is one
+  [B, K, G, block_q, block_k] score tile. The backward pass is written out (custom VJP):
+  it keeps only the output and the log-normaliser per query and recomputes each score tile,
+  so training memory grows linearly in T as well (plain autodiff of the scan would store
+  every tile). Works on every backend; results equal ``"xla"`` up to float rounding.
+* ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")``, cuDNN's fused
+  flash attention (GPU, bfloat16/float16 only).
+* ``"splash"``: Pallas splash attention (``jax.experimental.pallas.ops.tpu``), TPU's
+  flash kernel; tested on CPU in Pallas interpret mode. It expresses only the no-cache
+  mask (causal within segments): a cached call (the sampler's prefill) runs blockwise.
+* ``"auto"``: ``splash`` on TPU, ``blockwise`` on GPU, ``xla`` on CPU (short CPU runs; and
+  the batch-invariant mode needs it). ``cudnn`` is opt-in until ``bench/accelerator.py``
+  has measured it on a GPU: its arguments are pinned on CPU through XLA's implementation
+  of the same call, but no GPU has run it here.
+
+``batch_invariant`` models use ``"xla"`` only: the blockwise sums depend on the block
+grid, which differs between a decode step and a training forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+# Masked logits: a large finite negative, so that no row is ever NaN.
+NEG = -1e30
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Mask:
+    """Query i may attend to key j iff ``k_seg[j] == q_seg[i] != 0`` and
+    ``k_ord[j] <= q_ord[i]``. q_ord, q_seg [B, T]; k_ord, k_seg [B, S]; int32."""
+
+    q_ord: jax.Array
+    q_seg: jax.Array
+    k_ord: jax.Array
+    k_seg: jax.Array
+    # Built by ``causal``: ord = index, queries = keys (what splash attention can express).
+    by_index: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+    @classmethod
+    def causal(cls, segment_ids: jax.Array) -> Mask:
+        """No cache: causal by index within a segment; segment 0 is padding."""
+        b, t = segment_ids.shape
+        idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        seg = segment_ids.astype(jnp.int32)
+        return cls(q_ord=idx, q_seg=seg, k_ord=idx, k_seg=seg, by_index=True)
+
+    @classmethod
+    def cached(cls, positions: jax.Array, key_pos: jax.Array) -> Mask:
+        """A cache whose slots hold ``key_pos`` [B, S] (-1 = empty): a query at position p
+        reads the filled slots at positions <= p (a padding query, p = -1, reads none)."""
+        filled = (key_pos >= 0).astype(jnp.int32)
+        return cls(
+            q_ord=positions.astype(jnp.int32),
+            q_seg=jnp.ones(positions.shape, jnp.int32),
+            k_ord=key_pos.astype(jnp.int32),
+            k_seg=filled,
+        )
+
+    def dense(self) -> jax.Array:
+        """[B, T, S] bool."""
+        return _allowed(self.q_ord, self.q_seg, self.k_ord, self.k_seg)
+
+
+def _allowed(q_ord, q_seg, k_ord, k_seg):
+    ks, ko = k_seg[:, None, :], k_ord[:, None, :]
+    return (ks == q_seg[:, :, None]) & (ks != 0) & (ko <= q_ord[:, :, None])
+
+
+def resolve(impl: str, dtype: str, batch_invariant: bool = False, platform: str | None = None):
+    """The implementation ``impl`` stands for on ``platform`` (default: JAX's backend)."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"attention={impl!r}; expected one of {list(IMPLEMENTATIONS)}")
+    if batch_invariant and impl not in ("auto", "xla"):
+        raise ValueError(
+            f"attention={impl!r} is not batch invariant (its sums follow the block grid); "
+            "use attention='xla' (or 'auto') with batch_invariant=True"
+        )
+    if impl != "auto":
+        return impl
+    platform = platform or jax.default_backend()
+    del dtype  # cudnn (16-bit only) joins "auto" once measured on a GPU
+    if batch_invariant or platform == "cpu":
+        return "xla"
+    return "splash" if platform == "tpu" else "blockwise"
+
+
+def attention(
+    q: jax.Array,
+    keys: jax.Array,
+    values: jax.Array,
+    mask: Mask,
+    *,
+    kv_layout: str = "BSKH",
+    impl: str = "xla",
+    batch_invariant: bool = False,
+    block_q: int = 512,
+    block_k: int = 512,
+) -> jax.Array:
+    """softmax(q · keysᵀ / √H, masked) · values → [B, T, N·H] in q's dtype.
+
+    q [B, T, N, H]; keys, values [B, S, K, H] (``kv_layout="BSKH"``, a training forward) or
+    [B, K, S, H] (``"BKSH"``, the sampler's cache). ``impl``: a resolved implementation
+    (``resolve``), not ``"auto"``.
+    """
+    b, t, n, h = q.shape
+    kk = keys.shape[2] if kv_layout == "BSKH" else keys.shape[1]
+    g = n // kk
+    if impl == "xla":
+        return _xla(q.reshape(b, t, kk, g, h), keys, values, mask, kv_layout, batch_invariant)
+    if batch_invariant:
+        raise ValueError(f"attention={impl!r} with batch_invariant; see attention.resolve")
+    if impl == "blockwise":
+        qg = q.reshape(b, t, kk, g, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+        if kv_layout == "BSKH":
+            keys, values = keys.swapaxes(1, 2), values.swapaxes(1, 2)
+        out = blockwise(qg, keys, values, mask, block_q=block_q, block_k=block_k)
+        return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)
+    if impl == "splash" and mask.by_index:
+        if kv_layout == "BKSH":
+            keys, values = keys.swapaxes(1, 2), values.swapaxes(1, 2)
+        return splash(q, keys, values, mask.q_seg, block=block_q)
+    if impl == "splash":  # a cache (the sampler's prefill): splash's masks are static
+        return attention(
+            q,
+            keys,
+            values,
+            mask,
+            kv_layout=kv_layout,
+            impl="blockwise",
+            block_q=block_q,
+            block_k=block_k,
+        )
+    if impl == "cudnn":
+        return dot_product_attention(q, keys, values, mask, kv_layout, "cudnn")
+    raise ValueError(f"attention={impl!r}; expected one of {list(IMPLEMENTATIONS[1:])}")
+
+
+def dot_product_attention(q, keys, values, mask, kv_layout="BSKH", implementation=None):
+    """Through ``jax.nn.dot_product_attention`` (``implementation="cudnn"``: cuDNN's fused
+    kernel; None: XLA's, which tests use to pin the layout and mask on CPU)."""
+    b, t, n, h = q.shape
+    if kv_layout == "BKSH":
+        keys, values = keys.swapaxes(1, 2), values.swapaxes(1, 2)
+    out = jax.nn.dot_product_attention(
+        q,
+        keys.astype(q.dtype),
+        values.astype(q.dtype),
+        mask=mask.dense()[:, None],
+        implementation=implementation,
+    )
+    return out.reshape(b, t, n * h)
+
+
+def splash(q, keys, values, segment_ids, *, block: int = 512, interpret: bool | None = None):
+    """Pallas splash attention (TPU; ``interpret`` mode elsewhere, e.g. tests on CPU).
+
+    q [B, T, N, H]; keys, values [B, T, K, H]; causal by index within ``segment_ids``
+    [B, T]. One kernel per kv head group (splash's multi-query form), mapped over batch
+    and kv heads. T is padded to a whole block (a multiple of 128) with segment 0; the
+    padding is cut from the output.
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as sm,
+    )
+
+    b, t, n, h = q.shape
+    kk = keys.shape[2]
+    g = n // kk
+    bs = -(-min(block, t) // 128) * 128  # splash blocks are whole multiples of 128 lanes
+    tp = -(-t // bs) * bs
+    pad = ((0, 0), (0, tp - t))
+    seg = jnp.pad(segment_ids.astype(jnp.int32), pad)
+    if interpret is None:
+        interpret = jax.default_backend() != "tpu"
+    sizes = sk.BlockSizes(
+        block_q=bs,
+        block_kv=bs,
+        block_kv_compute=bs,
+        block_q_dkv=bs,
+        block_kv_dkv=bs,
+        block_kv_dkv_compute=bs,
+        block_q_dq=bs,
+        block_kv_dq=bs,
+    )
+    heads = sm.MultiHeadMask([sm.CausalMask((tp, tp)) for _ in range(g)])
+    kernel = sk.make_splash_mqa_single_device(heads, block_sizes=sizes, interpret=interpret)
+    qh = jnp.pad(q * (1.0 / math.sqrt(h)), (*pad, (0, 0), (0, 0)))
+    qh = qh.reshape(b, tp, kk, g, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+    kh = jnp.pad(keys.astype(q.dtype), (*pad, (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+    vh = jnp.pad(values.astype(q.dtype), (*pad, (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    def one(qi, ki, vi, si):  # qi [G, T, H], ki, vi [T, H], si [T]
+        return kernel(qi, ki, vi, segment_ids=sk.SegmentIds(q=si, kv=si))
+
+    per_head = jax.vmap(one, in_axes=(0, 0, 0, None))  # over kv heads
+    out = jax.vmap(per_head)(qh, kh, vh, seg)  # [B, K, G, T, H]
+    return out.transpose(0, 3, 1, 2, 4)[:, :t].reshape(b, t, n * h)
+
+
+def _xla(qg, keys, values, mask, kv_layout, batch_invariant):
+    b, t, kk, g, h = qg.shape
+    if kv_layout == "BSKH":
+        eqs = ("BTKGH,BSKH->BKGTS", "BKGTS,BSKH->BTKGH")
+    elif t == 1:
+        # A decode step drops the T axis from both products: with it, XLA:CPU transposes
+        # around each of the [B·K] tiny dots; without it, it fuses them into multiply-
+        # reduce loops that stream the cache once (SmolLM2-135M, batch 16, S=256: 40 ms per
+        # decode step against 59 ms).
+        qg = qg.reshape(b, kk, g, h)
+        eqs = ("BKGH,BKSH->BKGS", "BKGS,BKSH->BKGH")
+    else:
+        eqs = ("BTKGH,BKSH->BKGTS", "BKGTS,BKSH->BTKGH")
+    allowed = mask.dense()
+    if t == 1 and kv_layout != "BSKH":
+        allowed = allowed[:, 0]
+    out = _dense(qg, keys.astype(qg.dtype), values.astype(qg.dtype), allowed, *eqs, batch_invariant)
+    return out.reshape(b, t, kk * g * h)
+
+
+def _dense(qg, keys, values, allowed, scores_eq, out_eq, batch_invariant):
+    """Scores and softmax in float32 (float64 with ``batch_invariant``)."""
+    from rlpt_jax.models.decoder import in_float64  # the one float64 helper
+
+    def core(qg, keys, values, allowed, wide=False):
+        if wide:  # float32 in, exact float64 products and sums out (no float64 copy of keys)
+            scores = jnp.einsum(scores_eq, qg, keys, preferred_element_type=jnp.float64)
+        else:
+            scores = jnp.einsum(scores_eq, qg, keys).astype(jnp.float32)
+        scores = scores * (1.0 / math.sqrt(qg.shape[-1]))
+        logits = jnp.where(jnp.expand_dims(allowed, (1, 2)), scores, NEG)
+        probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+        return jnp.einsum(out_eq, probs, values)
+
+    if batch_invariant:
+        wide = functools.partial(core, wide=True)
+        return in_float64(wide, qg, keys, values, allowed, keep=(0, 1))
+    return core(qg, keys, values, allowed)
+
+
+# ----------------------------------------------------------------------------- blockwise
+
+
+def blockwise(q, k, v, mask: Mask, *, block_q: int = 512, block_k: int = 512) -> jax.Array:
+    """Online-softmax attention. q [B, K, G, T, H]; k, v [B, K, S, H] → [B, K, G, T, H].
+
+    T and S are padded to whole blocks; padded keys get segment 0 (never attended), padded
+    queries segment 0 (attend to nothing; cut from the output). A query that may attend to
+    nothing (padding) gets a finite, meaningless output, as with ``"xla"``.
+    """
+    t, s = q.shape[3], k.shape[2]
+    bq, bk = min(block_q, t), min(block_k, s)
+
+    def pad(x, axis, size):
+        extra = -x.shape[axis] % size
+        if not extra:
+            return x
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, extra)
+        return jnp.pad(x, widths)
+
+    out = _flash(
+        pad(q, 3, bq),
+        pad(k, 2, bk),
+        pad(v, 2, bk),
+        pad(mask.q_ord, 1, bq),
+        pad(mask.q_seg, 1, bq),
+        pad(mask.k_ord, 1, bk),
+        pad(mask.k_seg, 1, bk),
+        bq,
+        bk,
+    )
+    return out[:, :, :, :t]
+
+
+def _q_blocks(x, axis, size):
+    """Split ``axis`` of x into blocks of ``size`` and move the block index to the front."""
+    shape = x.shape[:axis] + (x.shape[axis] // size, size) + x.shape[axis + 1 :]
+    return jnp.moveaxis(x.reshape(shape), axis, 0)
+
+
+def _from_blocks(x, axis):
+    """Inverse of ``_q_blocks``: x [n, ...] with the blocks back at ``axis``."""
+    x = jnp.moveaxis(x, 0, axis)
+    return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2 :])
+
+
+def _tile_scores(qi, kj, qo, qs, ko, ks):
+    """Scaled, masked float32 scores of one tile: qi [B, K, G, bq, H], kj [B, K, bk, H]
+    → [B, K, G, bq, bk]."""
+    sc = jnp.einsum("bkgqh,bksh->bkgqs", qi, kj, preferred_element_type=jnp.float32)
+    sc = sc * (1.0 / math.sqrt(qi.shape[-1]))
+    # The mask of a tile is the same in every layer: without the barrier XLA hoists it out
+    # of the layer loop and precomputes every tile's mask, one [T, T] buffer after all.
+    sc, qo, qs, ko, ks = jax.lax.optimization_barrier((sc, qo, qs, ko, ks))
+    return jnp.where(_allowed(qo, qs, ko, ks)[:, None, None], sc, NEG)
+
+
+def _kv_tiles(k, v, ko, ks, bk):
+    return _q_blocks(k, 2, bk), _q_blocks(v, 2, bk), _q_blocks(ko, 1, bk), _q_blocks(ks, 1, bk)
+
+
+def _forward(q, k, v, qo, qs, ko, ks, bq, bk):
+    """(output [B, K, G, T, H] in q's dtype, log-normaliser [B, K, G, T] float32)."""
+    b, kk, g, _, h = q.shape
+    kv = _kv_tiles(k, v, ko, ks, bk)
+
+    def one_block(args):
+        qi, qoi, qsi = args
+
+        def step(carry, tile):
+            m, norm, acc = carry
+            kj, vj, koj, ksj = tile
+            sc = _tile_scores(qi, kj, qoi, qsi, koj, ksj)
+            m_new = jnp.maximum(m, sc.max(-1))
+            p = jnp.exp(sc - m_new[..., None])
+            scale = jnp.exp(m - m_new)
+            norm = norm * scale + p.sum(-1)
+            pv = jnp.einsum(
+                "bkgqs,bksh->bkgqh", p.astype(v.dtype), vj, preferred_element_type=jnp.float32
+            )
+            return (m_new, norm, acc * scale[..., None] + pv), None
+
+        init = (
+            jnp.full((b, kk, g, bq), NEG, jnp.float32),
+            jnp.zeros((b, kk, g, bq), jnp.float32),
+            jnp.zeros((b, kk, g, bq, h), jnp.float32),
+        )
+        (m, norm, acc), _ = jax.lax.scan(step, init, kv)
+        # norm >= 1: the tile holding a row's maximum adds exp(0).
+        return (acc / norm[..., None]).astype(q.dtype), m + jnp.log(norm)
+
+    q_side = (_q_blocks(q, 3, bq), _q_blocks(qo, 1, bq), _q_blocks(qs, 1, bq))
+    out, lse = jax.lax.map(one_block, q_side)
+    return _from_blocks(out, 3), _from_blocks(lse, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _flash(q, k, v, qo, qs, ko, ks, bq, bk):
+    return _forward(q, k, v, qo, qs, ko, ks, bq, bk)[0]
+
+
+def _flash_fwd(q, k, v, qo, qs, ko, ks, bq, bk):
+    out, lse = _forward(q, k, v, qo, qs, ko, ks, bq, bk)
+    return out, (q, k, v, qo, qs, ko, ks, out, lse)
+
+
+def _flash_bwd(bq, bk, res, dout):
+    """Flash attention's backward: with P = exp(S − lse) recomputed per tile and
+    D = rowsum(dO ⊙ O), dV = Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − D), dQ = dS·K/√H, dK = dSᵀ·Q/√H.
+    Two passes, each streaming the other side's tiles: dQ (map over query blocks, scan over
+    key tiles), then dK, dV (map over key blocks, scan over query tiles)."""
+    q, k, v, qo, qs, ko, ks, out, lse = res
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    do = dout.astype(jnp.float32)
+    d = jnp.sum(do * out.astype(jnp.float32), axis=-1)  # [B, K, G, T]
+    q_side = tuple(_q_blocks(x, 3, bq) for x in (q, do, lse[..., None], d[..., None])) + (
+        _q_blocks(qo, 1, bq),
+        _q_blocks(qs, 1, bq),
+    )
+    kv = _kv_tiles(k, v, ko, ks, bk)
+
+    def grads(qi, doi, lsei, di, qoi, qsi, kj, vj, koj, ksj):
+        p = jnp.exp(_tile_scores(qi, kj, qoi, qsi, koj, ksj) - lsei)  # [B, K, G, bq, bk]
+        dp = jnp.einsum("bkgqh,bksh->bkgqs", doi, vj, preferred_element_type=jnp.float32)
+        return p, p * (dp - di)
+
+    def dq_block(args):
+        qi, doi, lsei, di, qoi, qsi = args
+
+        def step(dq, tile):
+            kj, vj, koj, ksj = tile
+            _, ds = grads(qi, doi, lsei, di, qoi, qsi, kj, vj, koj, ksj)
+            return dq + jnp.einsum("bkgqs,bksh->bkgqh", ds, kj.astype(jnp.float32)), None
+
+        dq, _ = jax.lax.scan(step, jnp.zeros(qi.shape, jnp.float32), kv)
+        return dq * scale
+
+    def dkv_block(tile):
+        kj, vj, koj, ksj = tile
+
+        def step(carry, args):
+            dk, dv = carry
+            qi, doi, lsei, di, qoi, qsi = args
+            p, ds = grads(qi, doi, lsei, di, qoi, qsi, kj, vj, koj, ksj)
+            dv = dv + jnp.einsum("bkgqs,bkgqh->bksh", p, doi)
+            dk = dk + jnp.einsum("bkgqs,bkgqh->bksh", ds, qi.astype(jnp.float32))
+            return (dk, dv), None
+
+        zeros = jnp.zeros(kj.shape, jnp.float32)
+        (dk, dv), _ = jax.lax.scan(step, (zeros, zeros), q_side)
+        return dk * scale, dv
+
+    dq = _from_blocks(jax.lax.map(dq_block, q_side), 3)
+    dk, dv = jax.lax.map(dkv_block, kv)
+    dk, dv = _from_blocks(dk, 2), _from_blocks(dv, 2)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
