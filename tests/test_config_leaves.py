@@ -60,6 +60,12 @@ UNUSED_WHEN: list[tuple[str, typing.Callable[[E.ExperimentConfig], bool], str]] 
     ("rollout.samples_per_prompt", lambda e: e.method in ("ntp", "at2po"), "trees set groups"),
     ("rollout.sampler_rows", lambda e: e.method == "ntp", "NTP samples nothing"),
     ("eval.ntp_", lambda e: e.method not in ("rlpt", "ntp"), "RLPT's held-out NLL"),
+    ("search.", lambda e: "search" not in e.env.tools, "the search tool's backend"),
+    ("env.topk", lambda e: "search" not in e.env.tools, "search results"),
+    ("env.max_chars", lambda e: "search" not in e.env.tools, "search results"),
+    ("python_tool.", lambda e: "python" not in e.env.tools, "the Python tool's sandbox"),
+    ("env.python_", lambda e: "python" not in e.env.tools, "the Python tool's output"),
+    ("qa.math.", lambda e: e.qa.reward != "math", "math problems and their verifier"),
     ("search.url", lambda e: e.search.backend != "http", "the http retriever's"),
     ("search.timeout_s", lambda e: e.search.backend != "http", "the http retriever's"),
     ("search.retries", lambda e: e.search.backend != "http", "the http retriever's"),
@@ -156,18 +162,22 @@ def fresh_cache(tmp_path: Path) -> Path:
     return cache
 
 
-def record_run(name: str, overrides: dict, workdir: str) -> None:
-    """Run the ``tiny`` variant with ``overrides`` (dotted keys), one step, and print the
-    config reads as JSON (the subprocess side of the test below)."""
-    from rlpt_jax.train import loop
-
-    config = _get_config(name, "tiny")
-    for key, value in {"train.steps": 1, **overrides}.items():
+def _override(config, overrides: dict):
+    for key, value in overrides.items():
         *heads, field = key.split(".")
         sub = config
         for head in heads:
             sub = sub[head]
         sub[field] = value
+    return config
+
+
+def record_run(name: str, overrides: dict, workdir: str) -> None:
+    """Run the ``tiny`` variant with ``overrides`` (dotted keys), one step, and print the
+    config reads as JSON (the subprocess side of the test below)."""
+    from rlpt_jax.train import loop
+
+    config = _override(_get_config(name, "tiny"), {"train.steps": 1, **overrides})
     with recording_reads() as reads:
         loop.run(config, workdir)
         exp = E.from_config_dict(config)
@@ -184,8 +194,13 @@ def record_run(name: str, overrides: dict, workdir: str) -> None:
 @pytest.mark.parametrize(
     "name,overrides",
     # The NTP baseline (method=ntp of rlpt_qwen) passed this check when it was written; it
-    # is left out to keep CI within its hour (80 s).
-    [("rlpt_qwen", {}), ("at2po_qwen", {}), ("rlvr_qwen", {})],
+    # is left out to keep CI within its hour (80 s). The AT²PO run is also the AT²PO end-to-
+    # end test (two steps, batch invariant: see _check_at2po_run), one run instead of three.
+    [
+        ("rlpt_qwen", {}),
+        ("at2po_qwen", {"model.batch_invariant": True, "train.steps": 2}),
+        ("rlvr_qwen", {}),
+    ],
     ids=["rlpt", "at2po", "rlvr"],
 )
 def test_every_leaf_of_the_tiny_run_is_read(name, overrides, tmp_path):
@@ -207,11 +222,31 @@ def test_every_leaf_of_the_tiny_run_is_read(name, overrides, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("READS ")][-1]
     reads = {k: set(v) for k, v in json.loads(line[len("READS ") :]).items()}
-    config = _get_config(name, "tiny")
-    for key, value in overrides.items():
-        config[key] = value
+    config = _override(_get_config(name, "tiny"), overrides)
     unread = unread_leaves(config, reads)
     assert not unread, f"config leaves nothing reads in this run: {unread}"
+    if name == "at2po_qwen":
+        _check_at2po_run(tmp_path / "run")
+
+
+def _check_at2po_run(workdir: Path) -> None:
+    """Two steps of AT²PO's tiny variant: the metrics, checkpoint and export a run leaves;
+    the tree's shape; and, with model.batch_invariant, an update step that recomputes,
+    through forks and appended tool results, exactly the log-probs the sampler recorded:
+    every importance ratio is 1.0 and the KL to the (same) initial policy is 0.0."""
+    from test_train_e2e import _check_run
+
+    from rlpt_jax.metrics import read_jsonl
+
+    keys = ("reward/mean", "train/loss", "rollout/leaves", "eval/em_avg")
+    _check_run(workdir, 2, keys + ("sampler/prefilled_tokens",))
+    records = read_jsonl(workdir / "metrics.jsonl")
+    # tiny tree: M=2 chains + L=1 round x K=1 pick = 3 leaves per prompt, 1 prompt
+    assert records[-1]["rollout/leaves"] == 3
+    first = records[0]
+    assert first["train/tokens"] > 0
+    assert first["train/ratio_min"] == first["train/ratio_max"] == 1.0
+    assert first["kl_to_init"] == 0.0
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

@@ -1,4 +1,5 @@
-"""End to end: 2 steps of each method's tiny variant through launch/train.py."""
+"""End to end: 2 steps of RLPT's and NTP's tiny variants through launch/train.py (AT²PO's
+two-step run is tests/test_config_leaves.py's, which records its config reads too)."""
 
 import json
 import os
@@ -83,36 +84,6 @@ def test_rlpt_tiny_two_steps(tmp_path):
 def test_ntp_baseline_tiny_two_steps(tmp_path):
     _train(tmp_path / "ntp", "configs/rlpt_qwen.py:tiny", "--config.method=ntp")
     _check_run(tmp_path / "ntp", 2, ("train/nll", "train/loss", "eval/heldout_nll"))
-
-
-@pytest.mark.slow
-def test_at2po_tiny_two_steps(tmp_path):
-    _train(tmp_path / "at2po", "configs/at2po_qwen.py:tiny")
-    _check_run(
-        tmp_path / "at2po",
-        2,
-        ("reward/mean", "train/loss", "rollout/leaves", "eval/em_avg", "sampler/prefilled_tokens"),
-    )
-    records = read_jsonl(tmp_path / "at2po" / "metrics.jsonl")
-    # tiny tree: M=2 chains + L=1 round x K=1 pick = 3 leaves per prompt, 1 prompt
-    assert records[-1]["rollout/leaves"] == 3
-
-
-@pytest.mark.slow
-def test_at2po_batch_invariant_step_is_exactly_on_policy(tmp_path):
-    """With model.batch_invariant the update step recomputes, through forks and appended tool
-    results, exactly the log-probs the sampler recorded: every importance ratio is 1.0 and
-    the KL to the (same) initial policy is 0.0, not merely close."""
-    _train(
-        tmp_path / "bi",
-        "configs/at2po_qwen.py:tiny",
-        "--config.model.batch_invariant=True",
-        "--config.train.steps=1",
-    )
-    (record,) = read_jsonl(tmp_path / "bi" / "metrics.jsonl")
-    assert record["train/tokens"] > 0
-    assert record["train/ratio_min"] == record["train/ratio_max"] == 1.0
-    assert record["kl_to_init"] == 0.0
 
 
 def test_missing_checkpoint_path_is_a_clear_error(tmp_path):
