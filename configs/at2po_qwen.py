@@ -14,20 +14,35 @@ Run (from the repository root):
         --config.model.path=/ckpt/Qwen2.5-7B-Instruct ...
     # the embedded default: SmolLM2-135M, BM25 over the Wikipedia intros, embedded QA set
     python launch/train.py --config=configs/at2po_qwen.py:cpu --workdir=runs/at2po_cpu
+    # a math agent with the sandboxed Python tool instead of search (needs bubblewrap),
+    # on reasoning-gym arithmetic or a jsonl of {"problem", "answer"} lines
+    python launch/train.py --config=configs/at2po_qwen.py:math_python \\
+        --config.model.path=/ckpt/Qwen3-4B --config.qa.train=/data/math/train.jsonl \\
+        --workdir=runs/at2po_math_python
 
 Variants: ``qwen3_4b`` (default), ``qwen3_8b``, ``qwen2_5_7b`` (the paper's 3
 backbones), ``grpo``, ``dapo``, ``gspo`` (chain baselines), ``random_tree`` (Tree-GRPO),
-``random_tree_atpo``, ``tree_vanilla`` (ablations), ``cpu``, ``tiny`` (tests). The rows of
-the paper's ablation (Table 2, Qwen3-4B multi-hop): random tree + GRPO loss =
-``random_tree``; + ATPO loss = ``random_tree_atpo``; + entropy-guided expansion =
-``tree_vanilla``; + turn-wise credit assignment = ``qwen3_4b``. Where the paper and its
-reference code differ, the paper is the default and the code's choice is an option:
+``random_tree_atpo``, ``tree_vanilla`` (ablations), ``cpu``, ``tiny`` (tests),
+``math_python``, ``math_python_tiny`` (math/python, below). The rows of the paper's
+ablation (Table 2, Qwen3-4B multi-hop): random tree + GRPO loss = ``random_tree``; +
+ATPO loss = ``random_tree_atpo``; + entropy-guided expansion = ``tree_vanilla``; +
+turn-wise credit assignment = ``qwen3_4b``. Where the paper and its reference code
+differ, the paper is the default and the code's choice is an option:
 ``credit.weighting`` (``linear`` paper / ``softmax`` code), ``tree.alpha`` (none in the
 paper, 0.05 in code).
 Where the paper is silent the reference code decides: ``env.require_think`` and
 ``env.over_limit_invalid`` (format incentives, both on), ``env.stop_at_answer`` (off: the
 EOS after ``</answer>`` is trained). The paper variants prompt with Fig. 6's layout
 (``PAPER_PROMPT``); ``cpu``/``tiny`` keep the compact prompt their cold start teaches.
+
+The math agent (``math_python``; every choice [ours], the paper has only search): the same
+trees, credit and loss, with ``env.tools=("python",)`` (code in ``<python>``, run by the
+bubblewrap sandbox of ``rlpt_jax/envs/python_tool.py``, output in ``<result>``; search
+off), problems from RLVR's loader (``qa.train``: a reasoning-gym generator or a jsonl of
+``problem``/``answer`` lines) and the boxed answer checked by the math verifier
+(``qa.reward="math"``). ``math_python_tiny`` is its wiring test on the embedded model
+(no cold start: the search demonstrations do not apply, and the 135M model does not
+follow the protocol, so its leaves score the format penalty).
 
 Sources in the comments: "AT²PO" is arXiv 2601.04767, cited by figure, table or the part
 of the paper named in spec/at2po.md (the spec gives no section numbers); "ref code" is the
@@ -80,6 +95,23 @@ VARIANTS = (
     "tree_vanilla",
     "cpu",
     "tiny",
+    "math_python",
+    "math_python_tiny",
+)
+
+# [ours] The math agent's instructions (system message; the problem follows unchanged as
+# the user message: the paper's layout would append "?" to it).
+MATH_PYTHON_PROMPT = (
+    "Solve the math problem step by step: think first, then answer. You can run Python "
+    "code. Write your reasoning inside <think> </think>. To compute something, write a "
+    "complete Python program inside <python> </python>; it runs in a fresh sandbox (no "
+    "network, no files from earlier programs; the standard library, numpy and sympy), and "
+    "what it prints, or its error, comes back inside <result> </result>. Only printed "
+    "values come back, so print what you need to see. Run code as often as you need. For "
+    "example: <think> your reasoning </think> <python> print(37 * 43) </python> <result> "
+    "1591 </result> <think> more reasoning </think> <answer> The final answer is \\[ "
+    "\\boxed{1591} \\] </answer>. Give the exact final answer inside \\boxed{} in the "
+    "<answer> block."
 )
 
 
@@ -163,6 +195,9 @@ def base() -> ml_collections.ConfigDict:
     # tools/search_tool.py result_length=1000; vllm_rollout_with_tools_tree_offline.py
     # call_limit 6).
     c.env = dict(
+        # AT²PO, search-QA setting: search is the only tool. "python" adds the sandboxed
+        # Python tool (the math_python variants, [ours]).
+        tools=("search",),
         topk=3,
         max_chars=1000,
         max_tool_calls=6,
@@ -175,6 +210,22 @@ def base() -> ml_collections.ConfigDict:
         # Reference code: generation stops only at </search> (and EOS), so the EOS after
         # </answer> is sampled and trained.
         stop_at_answer=False,
+        # [ours] the Python tool's output shown in <result>, and programs run at once
+        python_max_chars=2000,
+        python_workers=16,
+    )
+    # [ours] The Python tool's sandbox (read only when env.tools has "python"): per program
+    # 10 s wall clock, 1 GiB of memory, 64 KiB of stdout/stderr each, 16 MiB per file, a
+    # 64 MiB work dir, 128 processes. Without bubblewrap the tool refuses to start unless
+    # allow_unisolated=True (unsafe: only where a container already isolates the run).
+    c.python_tool = dict(
+        timeout_s=10.0,
+        memory_bytes=1 << 30,
+        max_output_bytes=64 * 1024,
+        max_file_bytes=16 << 20,
+        max_disk_bytes=64 << 20,
+        max_processes=128,
+        allow_unisolated=False,
     )
     # AT²PO, search-QA setting: e5-base-v2 over Wikipedia 2018, served over HTTP (ref code:
     # rag_server/). [ours]: timeout and retries.
@@ -188,8 +239,21 @@ def base() -> ml_collections.ConfigDict:
     # format_penalty: AT²PO, training recipe: -1 for an invalid format (ref code:
     # deep_research_em.py); system_prompt: AT²PO Fig. 6. train/eval: [ours] the embedded
     # set; the paper trains on HotpotQA (multi-hop) or NQ (single-hop), FlashRAG jsonl.
+    # reward: AT²PO, training recipe: EM of the boxed answer; "math" (the math_python
+    # variants, [ours]) checks it with the math verifier on RLVR's problems, sized by
+    # qa.math as rlvr_qwen.py sizes them.
     c.qa = dict(
-        train="embedded", eval=("embedded",), format_penalty=-1.0, system_prompt=PAPER_PROMPT
+        train="embedded",
+        eval=("embedded",),
+        format_penalty=-1.0,
+        system_prompt=PAPER_PROMPT,
+        reward="em",
+        math=dict(
+            train_size=10_000,
+            heldout=64,
+            seed=0,
+            verifier=dict(timeout_s=2, deadline_s=10.0, max_answer_chars=1000),
+        ),
     )
     # The leaves' group advantage of credit.advantage="vanilla" (the chain baselines and
     # the Tree-GRPO / ablation variants; ATPO's "value" credit does not read it): verl's
@@ -286,9 +350,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # algorithm.filter_groups.max_num_gen_batches (the GRPO script itself sets 2, with
         # filtering off).
         c.dapo.update(dynamic_sampling=True, max_rounds=10, overlong_buffer=2000)
-    if variant in ("grpo", "dapo", "gspo", "random_tree", "random_tree_atpo", "tree_vanilla"):
+    if variant in (
+        "grpo", "dapo", "gspo", "random_tree", "random_tree_atpo", "tree_vanilla", "math_python"
+    ):  # fmt: skip
         c.model.arch = "qwen3-4b"
-    if variant in ("cpu", "tiny"):
+    if variant in ("cpu", "tiny", "math_python_tiny"):
         cpu = variant == "cpu"
         c.model.path = "embedded"
         c.model.dtype = "float32"
@@ -341,6 +407,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # One checkpoint on disk: 135M float32 weights plus both Adam moments are 1.6 GB.
         c.checkpoint.max_to_keep = 1
         c.eval.at_start = cpu  # the summary shows before and after RL
+    if variant in ("cpu", "tiny"):
+        cpu = variant == "cpu"
         # Cold start: SFT on protocol trajectories of the train questions (think, search,
         # the real BM25 results, answer), so that a 135M model follows the protocol.
         c.cold_start = dict(
@@ -359,5 +427,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ),
             eval=dict(every=0, num_prompts=0),
         )
+    if variant.startswith("math_python"):
+        tiny = variant == "math_python_tiny"
+        # [ours] The math agent: Python instead of search, verifiable math problems.
+        c.env.tools = ("python",)
+        c.qa.reward = "math"
+        c.qa.system_prompt = MATH_PYTHON_PROMPT
+        # Arithmetic with several multi-digit terms (reasoning-gym), where running code pays;
+        # the tiny test: two one-digit terms, as rlvr_qwen.py:tiny.
+        c.qa.train = (
+            "rg:chain_sum:min_terms=2,max_terms=2,max_digits=1"
+            if tiny
+            else "rg:basic_arithmetic:min_terms=4,max_terms=8,min_digits=3,max_digits=6"
+        )
+        c.qa.eval = ()  # held out: qa.math.heldout problems of the train source
+        c.qa.math.update(train_size=50 if tiny else 10_000, heldout=2 if tiny else 64)
+        if tiny:
+            c.python_tool.timeout_s = 5.0
+            c.env.python_workers = 2
     c.lock()
     return c

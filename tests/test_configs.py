@@ -22,6 +22,8 @@ VARIANTS = {
         "tree_vanilla",
         "cpu",
         "tiny",
+        "math_python",
+        "math_python_tiny",
         None,
     ],
     "rlvr_qwen": ["qwen3_4b", "qwen3_8b", "cpu", "tiny", None],
@@ -158,6 +160,11 @@ class _Engine:
         return {}
 
 
+class _NoSearch:
+    def search(self, queries, topk):
+        raise AssertionError("every row answers at once: nothing searches")
+
+
 class _Policy:
     tokenizer = _Tok()
     use_chat_template = False
@@ -176,8 +183,8 @@ def test_eval_average_weights_datasets_by_their_questions(tmp_path, monkeypatch)
 
     exp = from_config_dict(_module("at2po_qwen").get_config("qwen3_4b"))
     method = methods.AT2POMethod.__new__(methods.AT2POMethod)
-    method.exp = exp
-    method.env = SearchEnv(None)
+    method.exp, method.math = exp, None  # exact match
+    method.env = SearchEnv(_NoSearch())
     method.stop_strings = ("</search>",)
     method.eval_sets = {
         "big": [QAExample(f"b{i}", "Capital?", ("Paris",), "big") for i in range(3)],

@@ -48,7 +48,8 @@ def test_search_answer_and_result_text():
     a = env.step("<think>ok</think><answer>\\boxed{Volcano}</answer>", tool_calls=1)
     assert (a.outcome, a.done, a.append_text, a.tool_calls) == ("answer", True, "", 1)
     assert env.metrics() == {
-        "answer": 1, "search": 1, "limit": 0, "invalid": 0, "tool_error": 0, "backend_calls": 1
+        "answer": 1, "search": 1, "python": 0, "limit": 0, "invalid": 0, "tool_error": 0,
+        "backend_calls": 1, "query_truncated": 0, "search_failures": 0,
     }  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""Problems with checkable answers for RLVR: jsonl files and reasoning-gym generators.
+"""Problems with checkable answers for RLVR (and the AT²PO math agent, ``qa.reward="math"``):
+jsonl files and reasoning-gym generators.
 
 A *source* is a string:
 
@@ -56,6 +57,20 @@ class MathProblem:
     answer: str
     source: str
     generator: GeneratorRef | None = None
+
+    # The question interface of the AT²PO rollout (as :class:`rlpt_jax.data.qa.QAExample`
+    # has it), so a problem is a question of a multi-turn math agent (``qa.reward="math"``).
+    @property
+    def question(self) -> str:
+        return self.problem
+
+    @property
+    def golden_answers(self) -> tuple[str, ...]:
+        return (self.answer,)
+
+    @property
+    def dataset(self) -> str:
+        return self.source
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,6 +68,7 @@ __all__ = [
     "PythonResult",
     "PythonTool",
     "SandboxUnavailable",
+    "format_python_result",
 ]
 
 ERROR_KINDS = ("timeout", "memory", "output_limit", "forbidden", "exit_code", "internal")
@@ -83,7 +84,7 @@ _INSTALL_HINT = (
     "python_tool.allow_unisolated=True to run model code WITHOUT isolation (unsafe)."
 )
 
-# Runs in the child as ``python -I -B -c _PRELUDE <code file> ...``; cwd is the work dir.
+# Runs in the child as ``python -I -B -u -c _PRELUDE <code file> ...``; cwd is the work dir.
 _PRELUDE = r"""
 import os, sys, resource
 import _posixsubprocess  # cached now, so a later import is a re-import (refused below)
@@ -240,6 +241,38 @@ class PythonResult:
     elapsed_s: float
 
 
+_DETAIL_CHARS = 200  # a refused path's repr is the model's to choose: keep the line short
+
+
+def format_python_result(result: PythonResult, max_chars: int = 2000) -> str:
+    """Tool output inserted after ``</python>``: what the program printed, and how it
+    failed if it did, as ``" <result>\\n…\\n</result>"``.
+
+    stdout comes first, then stderr (a traceback); past ``max_chars`` characters in all,
+    the start of stdout and the end of stderr are kept (where a traceback names its
+    error), each cut marked with the number of characters left out. A failure other than
+    an exception with a traceback ends with one line naming its kind and what happened
+    (``[timeout] killed after the 10 s wall-clock limit``). The leading space keeps the
+    tag from fusing with the preceding ``</python>`` token.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    out, err = result.stdout.rstrip("\n"), result.stderr.rstrip("\n")
+    err_room = min(len(err), max_chars // 2)
+    out_room = max_chars - err_room
+    if len(out) < out_room:
+        err_room = max_chars - len(out)
+    if len(out) > out_room:
+        out = out[:out_room] + f"\n[... {len(out) - out_room} more characters]"
+    if len(err) > err_room:
+        err = f"[{len(err) - err_room} characters before ...]\n" + err[len(err) - err_room :]
+    lines = [text for text in (out, err) if text]
+    if result.error is not None and (result.error != "exit_code" or not err):
+        lines.append(f"[{result.error}] {result.detail[:_DETAIL_CHARS]}")
+    body = "\n".join(lines) if lines else "(no output: print the values you want to see)"
+    return f" <result>\n{body}\n</result>"
+
+
 class SandboxUnavailable(RuntimeError):
     """bubblewrap is missing or cannot isolate here; the message says how to fix it."""
 
@@ -254,16 +287,29 @@ class PythonTool:
 
     def __init__(self, config: PythonToolConfig = PythonToolConfig()):
         self.config = config
+        allow_unisolated = config.allow_unisolated  # read up front: a config field in use
         try:
             self._launcher = _Bubblewrap.find(config.python)
             _self_check(self._launcher, config.python)
         except SandboxUnavailable as e:
-            if not config.allow_unisolated:
+            if not allow_unisolated:
                 raise
             _warn_once(f"PythonTool runs model code WITHOUT isolation (allow_unisolated=True): {e}")
             self._launcher = _Unisolated(_unshare_path())
         self.isolated = isinstance(self._launcher, _Bubblewrap)
         self.seccomp = self.isolated and self._launcher.seccomp is not None
+
+    def probe(self) -> None:
+        """Run a trivial program under this tool's own limits, once at start-up: limits too
+        tight for the interpreter to start (memory, time on a loaded host) fail here, with
+        what happened, rather than as a failed call in every trajectory."""
+        result = self.run("print(6 * 7)")
+        if not (result.ok and result.stdout == "42\n"):
+            why = (result.stderr.strip() or result.detail)[-1000:]
+            raise SandboxUnavailable(
+                f"the Python tool cannot run print(6 * 7) under its limits ({result.error}: "
+                f"{why}); raise python_tool.timeout_s or python_tool.memory_bytes"
+            )
 
     def run(self, code: str) -> PythonResult:
         """Execute ``code`` and return what happened; never raises for any code string."""
@@ -329,7 +375,8 @@ def _signal_status(status: int) -> int:
 def _python_argv(cfg: PythonToolConfig, code_path: str) -> list[str]:
     hook = "1" if cfg.audit_hook else "0"
     prelude_args = [code_path, _MARKER, str(_FORBIDDEN_EXIT), hook, _limits_arg(cfg)]
-    return [cfg.python, "-I", "-B", "-c", _PRELUDE, *prelude_args]
+    # -u: what a program printed before it was killed (a timeout) still reaches the model
+    return [cfg.python, "-I", "-B", "-u", "-c", _PRELUDE, *prelude_args]
 
 
 def _child_env(workdir: str) -> dict[str, str]:

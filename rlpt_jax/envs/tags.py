@@ -1,11 +1,18 @@
-"""Tolerant parser for the search-QA tag protocol (AT²PO / Search-R1 style).
+"""Tolerant parser for the multi-turn tool protocol (AT²PO / Search-R1 style).
 
-A response is free text with four tag pairs::
+A response is free text with these tag pairs::
 
     <think>…</think>            reasoning (optional, must be balanced)
-    <search>query</search>      a tool call; generation stops at </search>
+    <search>query</search>      a search call; generation stops at </search>
+    <python>code</python>       a Python call; generation stops at </python>
     <result>…</result>          tool output inserted by the environment (masked)
     <answer>… \\boxed{X} …</answer>   the final answer, exactly once
+
+The tools of a run are a subset of :data:`TOOL_NAMES` (``env.tools``; the paper's
+search-QA has only ``search``). The format check parses the tags of the enabled tools;
+a disabled tool's tags are plain text to it (the environment refuses a turn that ends in
+one, :mod:`rlpt_jax.envs.search_env`), so a search-only run reads a response exactly as
+it did before the Python tool existed.
 
 Every function here accepts any string and never raises: malformed model output is
 something to report and count (``check_format`` returns a reason), not an exception.
@@ -20,15 +27,20 @@ passage containing that tag defeats.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "TAG_NAMES",
+    "TOOL_NAMES",
     "Tag",
     "scan_tags",
+    "ending_tool",
+    "extract_call",
     "ends_with_search",
     "extract_search_query",
+    "python_code",
     "has_answer",
     "extract_answer_block",
     "extract_boxed",
@@ -37,8 +49,9 @@ __all__ = [
     "model_view",
 ]
 
-TAG_NAMES = ("think", "search", "result", "answer")
-_TAG_RE = re.compile(r"<(/?)(think|search|result|answer)>")
+TOOL_NAMES = ("search", "python")
+TAG_NAMES = ("think", *TOOL_NAMES, "result", "answer")
+_TAG_RE = re.compile(r"<(/?)(" + "|".join(TAG_NAMES) + r")>")
 _BOXED = "\\boxed"
 # What a tool insertion looks like to the format check (see model_view).
 RESULT_STUB = " <result></result>"
@@ -64,25 +77,56 @@ def scan_tags(text: str) -> list[Tag]:
     ]
 
 
+def ending_tool(turn_text: str) -> str | None:
+    """The tool (of :data:`TOOL_NAMES`) whose closing tag ends the turn (trailing
+    whitespace allowed), or ``None``."""
+    if not isinstance(turn_text, str):
+        return None
+    end = turn_text.rstrip()
+    for name in TOOL_NAMES:
+        if end.endswith(f"</{name}>"):
+            return name
+    return None
+
+
+def extract_call(turn_text: str, tool: str) -> str | None:
+    """The body of the ``<tool>…</tool>`` block that ends this turn.
+
+    Returns the stripped body (possibly ``""``), or ``None`` when the turn does not end
+    with ``</tool>`` or that closing tag has no opening ``<tool>`` before it. Nested
+    openings (``<search>a <search>b</search>``) resolve to the innermost, last one.
+    """
+    if ending_tool(turn_text) != tool:
+        return None
+    body = turn_text.rstrip()[: -len(f"</{tool}>")]
+    open_at = body.rfind(f"<{tool}>")
+    if open_at < 0:
+        return None
+    return body[open_at + len(tool) + 2 :].strip()
+
+
 def ends_with_search(turn_text: str) -> bool:
     """True when the turn stops at a ``</search>`` tag (trailing whitespace allowed)."""
-    return isinstance(turn_text, str) and turn_text.rstrip().endswith("</search>")
+    return ending_tool(turn_text) == "search"
 
 
 def extract_search_query(turn_text: str) -> str | None:
-    """The query of the ``<search>…</search>`` block that ends this turn.
+    """The query of the ``<search>…</search>`` block that ends this turn (see
+    :func:`extract_call`)."""
+    return extract_call(turn_text, "search")
 
-    Returns the stripped query (possibly ``""``), or ``None`` when the turn does not end
-    with ``</search>`` or that closing tag has no opening ``<search>`` before it. Nested
-    openings (``<search>a <search>b</search>``) resolve to the innermost, last one.
-    """
-    if not ends_with_search(turn_text):
-        return None
-    body = turn_text.rstrip()[: -len("</search>")]
-    open_at = body.rfind("<search>")
-    if open_at < 0:
-        return None
-    return body[open_at + len("<search>") :].strip()
+
+def python_code(body: str) -> str:
+    """The program in a ``<python>`` call's body: a Markdown code fence around it (three
+    backticks, with or without a language name), which models often write, is dropped,
+    and the lines are dedented. Linear time."""
+    code = body.strip()
+    if code.startswith("```"):
+        first_newline = code.find("\n")
+        code = "" if first_newline < 0 else code[first_newline + 1 :]
+        if code.rstrip().endswith("```"):
+            code = code.rstrip()[:-3]
+    return textwrap.dedent(code).strip("\n")
 
 
 def has_answer(text: str) -> bool:
@@ -178,48 +222,54 @@ def model_view(parts: Sequence[tuple[str, str]]) -> str:
     return "".join(out)
 
 
-def check_format(response: str, require_think: bool = False) -> tuple[bool, str]:
+def check_format(
+    response: str, require_think: bool = False, tools: Sequence[str] = ("search",)
+) -> tuple[bool, str]:
     """Check a full response against the protocol; returns ``(ok, reason)``.
 
     Rules (AT²PO paper and reference code): ``<think>`` tags balanced and not nested,
     and with ``require_think`` at least one ``<think>…</think>`` block (the reference
     code rejects a response without one); exactly one ``<answer>`` block, after every
-    tool call; each ``<search>…</search>`` followed by ``<result>…</result>`` before the
-    next search or the answer; no result without a search; ``\\boxed{…}`` present inside
-    the answer. ``reason`` is ``"ok"`` on success.
+    tool call; each tool call (``<search>…</search>``, ``<python>…</python>``) followed
+    by ``<result>…</result>`` before the next call or the answer; no result without a
+    call; ``\\boxed{…}`` present inside the answer. Only the tags of ``tools`` are tool
+    calls; another tool's tags are plain text here. ``reason`` is ``"ok"`` on success.
     """
     if not isinstance(response, str):
         return False, "response is not a string"
-    # States: what we are inside of, and what the search/result pairing expects next.
-    inside: str | None = None  # "think" | "search" | "answer"
-    expect_result = False
+    enabled = set(tools)
+    calls = " or ".join(t for t in TOOL_NAMES if t in enabled) or "tool"
+    # States: what we are inside of, and which call still waits for its result.
+    inside: str | None = None  # "think" | a tool | "answer"
+    pending: str | None = None  # the tool call that expects a <result> next
     answers = 0
     thinks = 0
     answer_closed = False
-    tags = scan_tags(response)
+    tags = [t for t in scan_tags(response) if t.name not in TOOL_NAMES or t.name in enabled]
     i = 0
     while i < len(tags):
         tag = tags[i]
         if tag.name == "result":
             if tag.closing:
                 return False, "</result> without <result>"
-            if not expect_result or inside is not None:
-                return False, "<result> not preceded by a search"
-            # Skip the tool output: tags inside retrieved text are not the model's.
+            if pending is None or inside is not None:
+                return False, f"<result> not preceded by a {calls} call"
+            # Skip the tool output: tags inside tool output are not the model's.
             j = i + 1
             while j < len(tags) and not (tags[j].name == "result" and tags[j].closing):
                 j += 1
             if j == len(tags):
                 return False, "<result> not closed"
-            expect_result = False
+            pending = None
             i = j + 1
             continue
+        calling = tag.name in TOOL_NAMES
         if not tag.closing:
             if inside is not None:
                 return False, f"<{tag.name}> opened inside <{inside}>"
-            if tag.name in ("search", "answer") and expect_result:
-                return False, f"<{tag.name}> before the previous search got a <result>"
-            if answer_closed and tag.name in ("search", "answer"):
+            if (calling or tag.name == "answer") and pending is not None:
+                return False, f"<{tag.name}> before the previous {pending} got a <result>"
+            if answer_closed and (calling or tag.name == "answer"):
                 return False, f"<{tag.name}> after the answer"
             if tag.name == "answer":
                 answers += 1
@@ -228,8 +278,8 @@ def check_format(response: str, require_think: bool = False) -> tuple[bool, str]
             if inside != tag.name:
                 return False, f"</{tag.name}> without matching <{tag.name}>"
             inside = None
-            if tag.name == "search":
-                expect_result = True
+            if calling:
+                pending = tag.name
             elif tag.name == "answer":
                 answer_closed = True
             elif tag.name == "think":
@@ -237,8 +287,8 @@ def check_format(response: str, require_think: bool = False) -> tuple[bool, str]
         i += 1
     if inside is not None:
         return False, f"<{inside}> not closed"
-    if expect_result:
-        return False, "search without a <result>"
+    if pending is not None:
+        return False, f"{pending} without a <result>"
     if answers != 1:
         return False, f"expected exactly one answer block, found {answers}"
     if require_think and thinks == 0:

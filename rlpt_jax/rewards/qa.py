@@ -8,7 +8,9 @@ articles *a*, *an*, *the*, collapse whitespace.
   ``P = |p ∩ g| / |p|`` and recall ``R = |p ∩ g| / |g|`` (multiset overlap of
   normalised tokens; 0 when there is no overlap).
 * AT²PO: ``r = EM(boxed answer, golds)`` when the response passes
-  :func:`rlpt_jax.envs.tags.check_format`, else ``r = format_penalty`` (paper: −1).
+  :func:`rlpt_jax.envs.tags.check_format`, else ``r = format_penalty`` (paper: −1). A
+  math agent's answer is checked by the math verifier instead
+  (:mod:`rlpt_jax.rewards.math_verifier`): ``r = 1[verified]`` for a valid format.
   Rollouts pass :func:`rlpt_jax.envs.tags.model_view` of a trajectory, so only the
   model's own tokens are parsed, never tags inside retrieved passages.
 
@@ -76,23 +78,32 @@ def at2po_reward(
     gold: str | Sequence[str],
     format_penalty: float = -1.0,
     require_think: bool = False,
+    tools: Sequence[str] = ("search",),
+    correct: bool | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """AT²PO outcome reward of a full response (model turns plus inserted results).
 
     ``require_think``: a response without a ``<think>…</think>`` block is malformed, as
-    in the reference code (``env.require_think``).
+    in the reference code (``env.require_think``). ``tools``: the enabled tools, whose
+    tags the format check parses (``env.tools``). ``correct``: the verdict of another
+    check of the boxed answer (the math verifier, ``qa.reward="math"``), used in place of
+    exact match: ``r = 1[correct]`` when the format is valid.
 
-    Returns ``(reward, details)`` with details ``em``, ``f1`` (of the boxed answer; 0
-    when absent), ``format_ok``, ``reason`` (the format check's) and ``answer`` (the
-    extracted boxed text or ``None``). EM and F1 are reported even when the format
-    fails, so a run can tell wrong answers from malformed ones.
+    Returns ``(reward, details)`` with details ``em`` (exact match, or ``correct`` when
+    given), ``f1`` (of the boxed answer; 0 when absent), ``format_ok``, ``reason`` (the
+    format check's) and ``answer`` (the extracted boxed text or ``None``). EM and F1 are
+    reported even when the format fails, so a run can tell wrong answers from malformed
+    ones.
     """
     if not math.isfinite(format_penalty):
         raise ValueError(f"format_penalty must be finite, got {format_penalty}")
     golds = _golds(gold)
-    format_ok, reason = check_format(response, require_think)
+    format_ok, reason = check_format(response, require_think, tools)
     answer = extract_final_answer(response) if isinstance(response, str) else None
-    em = exact_match(answer, golds) if answer is not None else 0.0
+    if correct is not None:
+        em = float(correct)
+    else:
+        em = exact_match(answer, golds) if answer is not None else 0.0
     f1 = f1_score(answer, golds) if answer is not None else 0.0
     reward = em if format_ok else float(format_penalty)
     return reward, {"em": em, "f1": f1, "format_ok": format_ok, "reason": reason, "answer": answer}

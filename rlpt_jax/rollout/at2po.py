@@ -2,21 +2,28 @@
 
 Leaf reward (spec at2po.md): exact match of the ``\\boxed{}`` answer against the gold
 answers (SQuAD normalisation), or ``format_penalty`` (−1) when the response breaks the
-protocol; F1 is reported as a metric. Only the model's own tokens are parsed: every tool
-insertion is opaque (:func:`rlpt_jax.envs.tags.model_view`), so a retrieved passage that
-contains ``</result>`` cannot make a correct answer malformed. The environment's format
-rules apply (``env.require_think``, ``env.over_limit_invalid``). Advantages come from
+protocol; F1 is reported as a metric. A math agent passes ``check_answers`` (the math
+verifier), whose verdict replaces exact match. Only the model's own tokens are parsed:
+every tool insertion is opaque (:func:`rlpt_jax.envs.tags.model_view`), so a retrieved
+passage that contains ``</result>`` cannot make a correct answer malformed. The
+environment's format rules apply (``env.tools``, ``env.require_think``,
+``env.over_limit_invalid``). Advantages come from
 :func:`rlpt_jax.algos.tree_credit.tree_credit` per tree, and every model token of a turn
 carries its node's advantage (in the ``vanilla`` ablation: its row's leaf's). A
-trajectory that ran out of budget is a counted leaf that gets the format penalty. One whose
-search failed in the retriever (``tool_error``) is scored the same for the metrics but not
-trained on: its row is masked and its tree's credit computed as if it had not been sampled
-(``outage/masked_leaves``; the step-level outage policy is ``ExperimentConfig.outage``).
-DAPO's dynamic sampling and overlong shaping (:mod:`rlpt_jax.algos.dapo`) are options.
+trajectory that ran out of budget is a counted leaf that gets the format penalty. One
+whose tool failed (``tool_error``: the retriever, or the Python sandbox itself) is scored
+the same for the metrics but not trained on: its row is masked and its tree's credit
+computed as if it had not been sampled (``outage/masked_leaves``; the step-level outage
+policy is ``ExperimentConfig.outage``). DAPO's dynamic sampling and overlong shaping
+(:mod:`rlpt_jax.algos.dapo`) are options.
 
-Every step logs every turn outcome (``env/<outcome>``) and the retriever requests made
-(``env/backend_calls``), zeros included: a run whose policy never searched, or whose
-retriever was never reached, shows it in the metrics instead of leaving the key out.
+Every step logs every turn outcome (``env/<outcome>``) and the step's counts of the
+enabled tools (``env/backend_calls`` for search requests, ``env/python_<kind>`` for failed
+programs, ...), zeros included: a run whose policy never searched, or whose retriever was
+never reached, shows it in the metrics instead of leaving the key out.
+
+A question is anything with ``question`` and ``golden_answers``: a
+:class:`rlpt_jax.data.qa.QAExample`, or a :class:`rlpt_jax.data.math_problems.MathProblem`.
 """
 
 from __future__ import annotations
@@ -31,18 +38,20 @@ from rlpt_jax.algos.dapo import DAPOConfig, fill_groups, overlong_penalty
 from rlpt_jax.algos.tree_credit import CreditConfig, TreeCredit, tree_credit
 from rlpt_jax.batch import RLBatch, bucket_length, make_batch, pad_batch
 from rlpt_jax.envs.search_env import OUTCOMES, SearchEnvConfig
-from rlpt_jax.envs.tags import model_view
+from rlpt_jax.envs.tags import extract_final_answer, model_view
 from rlpt_jax.rewards.qa import at2po_reward
 from rlpt_jax.rollout.policy import Policy, SampleSpec
 from rlpt_jax.rollout.tree import Tree, TreeConfig, TreeRollout, flatten, release_rows
 
 # Turn outcomes counted every step, zero or not ("truncated": out of token budget).
 STEP_OUTCOMES = (*OUTCOMES, "truncated")
+# The leaves' boxed answers (None: no answer) of one question -> whether each is right.
+AnswerCheck = Callable[[object, Sequence[str | None]], list[bool]]
 
 
-def _backend_calls(env) -> int:
-    """Requests the environment has sent to its search backend so far."""
-    return int(env.metrics().get("backend_calls", 0))
+def _tool_counts(env) -> dict[str, int]:
+    """The environment's counters other than turn outcomes (requests, failures, ...)."""
+    return {k: v for k, v in env.metrics().items() if k not in OUTCOMES}
 
 
 QUESTION_FIELD = "{question}"
@@ -129,16 +138,24 @@ def score_tree(
     golds: Sequence[str],
     format_penalty: float,
     rules: SearchEnvConfig | None = None,
+    check: Callable[[Sequence[str | None]], list[bool]] | None = None,
 ) -> tuple[dict[int, float], list[dict]]:
     """Leaf rewards of a tree, and per-leaf details, under the format ``rules`` (the
-    environment's ``require_think`` and ``over_limit_invalid``; default: the reference
-    code's, as :class:`SearchEnvConfig` sets them)."""
+    environment's ``tools``, ``require_think`` and ``over_limit_invalid``; default: the
+    reference code's, as :class:`SearchEnvConfig` sets them). ``check`` judges the leaves'
+    boxed answers at once (the math verifier) instead of exact match against ``golds``."""
     rules = rules if rules is not None else SearchEnvConfig()
+    leaves = tree.leaves()
+    texts = [model_view(leaf_parts(policy, tree, leaf)) for leaf in leaves]
+    verdicts: list[bool | None] = [None] * len(leaves)
+    if check is not None:
+        verdicts = check([extract_final_answer(t) for t in texts])
     rewards, details = {}, []
-    for leaf in tree.leaves():
+    for leaf, text, correct in zip(leaves, texts, verdicts):
         node = tree.nodes[leaf]
-        text = model_view(leaf_parts(policy, tree, leaf))
-        r, d = at2po_reward(text, golds, format_penalty, rules.require_think)
+        r, d = at2po_reward(
+            text, golds, format_penalty, rules.require_think, rules.tools, correct=correct
+        )
         if node.outcome in ("tool_error", "truncated"):
             r = float(format_penalty)
             d = dict(d, format_ok=False, reason=node.outcome)
@@ -199,10 +216,25 @@ def _response_tokens(tree: Tree, leaf: int) -> int:
     return sum(tree.nodes[i].num_tokens for i in tree.path(leaf)[1:])
 
 
+def _bind(check_answers: AnswerCheck | None, question):
+    """``check_answers`` for one question's leaves (``None`` stays ``None``: exact match)."""
+    if check_answers is None:
+        return None
+    return lambda answers: check_answers(question, answers)
+
+
 def _score(
-    policy: Policy, env, tree: Tree, q, format_penalty: float, max_len: int, dapo: DAPOConfig
+    policy: Policy,
+    env,
+    tree: Tree,
+    q,
+    format_penalty: float,
+    max_len: int,
+    dapo: DAPOConfig,
+    check_answers: AnswerCheck | None,
 ) -> _ScoredTree:
-    rewards, d = score_tree(policy, tree, q.golden_answers, format_penalty, env.config)
+    check = _bind(check_answers, q)
+    rewards, d = score_tree(policy, tree, q.golden_answers, format_penalty, env.config, check)
     lengths = [_response_tokens(tree, leaf) for leaf in rewards]
     penalty = overlong_penalty(lengths, max_len, dapo.overlong_buffer, dapo.overlong_penalty)
     for leaf, pen in zip(list(rewards), penalty):
@@ -294,6 +326,7 @@ def at2po_rollout(
     advantage: AdvantageConfig | None = None,
     dapo: DAPOConfig | None = None,
     more_questions: Callable[[], Sequence] | None = None,
+    check_answers: AnswerCheck | None = None,
 ) -> TreeBatch:
     """Trees for ``questions``, their leaf rewards, turn credit and the training batch.
 
@@ -301,12 +334,13 @@ def at2po_rollout(
     ``dapo``: overlong shaping of leaf rewards (``L_max`` = ``tree_cfg.max_response_tokens``,
     the length being every token after the prompt) and dynamic sampling with a tree as the
     group: trees whose leaves all scored the same are dropped and ``more_questions()``
-    supplies each refill round. Reward, env and rollout metrics cover every tree grown;
-    the batch, ``trees`` and ``leaf_rewards`` the kept ones.
+    supplies each refill round. ``check_answers(question, boxed answers)``: the verdicts
+    that replace exact match (the math verifier). Reward, env and rollout metrics cover
+    every tree grown; the batch, ``trees`` and ``leaf_rewards`` the kept ones.
     """
     dapo = dapo if dapo is not None else DAPOConfig()
     outcomes = dict.fromkeys(STEP_OUTCOMES, 0)
-    calls_before = _backend_calls(env)
+    tools_before = _tool_counts(env)
     counters = {"prefilled_tokens": 0, "decoded_tokens": 0}
     sampled: list[_ScoredTree] = []
 
@@ -318,7 +352,10 @@ def at2po_rollout(
             outcomes, counters,
         )  # fmt: skip
         max_len = tree_cfg.max_response_tokens
-        out = [_score(policy, env, t, q, format_penalty, max_len, dapo) for t, q in zip(trees, qs)]
+        out = [
+            _score(policy, env, t, q, format_penalty, max_len, dapo, check_answers)
+            for t, q in zip(trees, qs)
+        ]
         sampled.extend(out)
         return out
 
@@ -384,7 +421,8 @@ def at2po_rollout(
     m.update(ds_metrics)
     for k, v in outcomes.items():
         m[f"env/{k}"] = float(v)
-    m["env/backend_calls"] = float(_backend_calls(env) - calls_before)
+    for k, v in _tool_counts(env).items():
+        m[f"env/{k}"] = float(v - tools_before.get(k, 0))
     m["outage/masked_leaves"] = float(masked)
     m.update({f"sampler/{k}": float(v) for k, v in counters.items()})
     return TreeBatch(batch, [s.tree for s in kept], [s.rewards for s in kept], m)
@@ -399,9 +437,11 @@ def evaluate_qa(
     format_penalty: float,
     max_new_tokens: int,
     stop_strings: Sequence[str],
+    check_answers: AnswerCheck | None = None,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Greedy single-chain EM / F1 per dataset and the size-weighted average (the paper's
-    validation protocol: no tree, temperature 0).
+    validation protocol: no tree, temperature 0). ``check_answers``: as in
+    :func:`at2po_rollout` (EM is then its verdict).
 
     Returns the metrics and, under the same names, their per-question values.
     """
@@ -430,7 +470,14 @@ def evaluate_qa(
         release_rows(engine, trees)
         ems, f1s, fmt = [], [], []
         for tree, q in zip(trees, questions):
-            _, details = score_tree(policy, tree, q.golden_answers, format_penalty, env.config)
+            _, details = score_tree(
+                policy,
+                tree,
+                q.golden_answers,
+                format_penalty,
+                env.config,
+                _bind(check_answers, q),
+            )
             ems.append(details[0]["em"])
             f1s.append(details[0]["f1"])
             fmt.append(float(details[0]["format_ok"]))

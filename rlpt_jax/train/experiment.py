@@ -26,6 +26,7 @@ from rlpt_jax.data.corpus import CorpusConfig
 from rlpt_jax.data.segments import SegmentConfig
 from rlpt_jax.data.sft import SFTConfig
 from rlpt_jax.data.tasks import TaskConfig
+from rlpt_jax.envs.python_tool import PythonToolConfig
 from rlpt_jax.envs.search_env import SearchEnvConfig
 from rlpt_jax.parallel import MeshConfig
 from rlpt_jax.rewards.judges import JudgeConfig
@@ -235,14 +236,53 @@ class SearchConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class QAMathConfig:
+    """Problems of ``qa.reward="math"`` (the RLVR problem loader,
+    :func:`rlpt_jax.data.math_problems.build_math_data`): ``train_size`` problems per
+    generator (jsonl: at most this many lines, 0 = all), ``heldout`` problems of the train
+    source kept out of training for evaluation, ``seed`` seeds the problems (not the run);
+    ``verifier``: the answer check's time and size limits."""
+
+    train_size: int = 10_000
+    heldout: int = 64
+    seed: int = 0
+    verifier: VerifierConfig = dataclasses.field(default_factory=VerifierConfig)
+
+    def __post_init__(self):
+        if self.heldout < 0 or self.train_size < 0:
+            raise ExperimentConfigError("qa.math.heldout and qa.math.train_size must be >= 0")
+
+
+QA_REWARDS = ("em", "math")
+
+
+@dataclasses.dataclass(frozen=True)
 class QAConfig:
-    """Questions for AT²PO: ``train`` and ``eval`` are dataset names (``embedded``,
-    ``fanoutqa``) or FlashRAG jsonl paths; ``format_penalty`` is the invalid-format reward."""
+    """Questions and the answer check for AT²PO.
+
+    ``reward="em"`` (the paper): ``train`` and ``eval`` are QA dataset names
+    (``embedded``, ``fanoutqa``) or FlashRAG jsonl paths, and the boxed answer is scored
+    by exact match. ``reward="math"``: ``train`` and ``eval`` are math problem sources as
+    RLVR reads them (a jsonl with ``problem`` and ``answer``, or a reasoning-gym generator
+    ``rg:<name>[:key=value,...]``; ``qa.math`` sizes them), held out: ``qa.math.heldout``
+    problems of ``train`` plus every ``eval`` source, and the boxed answer is checked by
+    the math verifier (a generator's own scorer for its problems); the ``em`` metrics
+    then report that verdict. ``format_penalty`` is the invalid-format reward either way;
+    ``system_prompt`` the instructions (a ``{question}`` field puts the question inside).
+    """
 
     train: str = "embedded"
     eval: tuple[str, ...] = ("embedded",)
     format_penalty: float = -1.0
     system_prompt: str | None = None
+    reward: str = "em"
+    math: QAMathConfig = dataclasses.field(default_factory=QAMathConfig)
+
+    def __post_init__(self):
+        if self.reward not in QA_REWARDS:
+            raise ExperimentConfigError(
+                f"qa.reward must be one of {list(QA_REWARDS)}, got {self.reward!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +411,9 @@ class ExperimentConfig:
     credit: CreditConfig = dataclasses.field(default_factory=CreditConfig)
     env: SearchEnvConfig = dataclasses.field(default_factory=SearchEnvConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    # The sandbox of the Python tool (env.tools containing "python"), as search is the
+    # search tool's backend.
+    python_tool: PythonToolConfig = dataclasses.field(default_factory=PythonToolConfig)
     qa: QAConfig = dataclasses.field(default_factory=QAConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
     rlvr: RLVRConfig = dataclasses.field(default_factory=RLVRConfig)

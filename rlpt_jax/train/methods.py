@@ -10,6 +10,7 @@ jsonl file. RLVR (verifiable math rewards) lives in :mod:`rlpt_jax.train.rlvr`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 from collections.abc import Sequence
@@ -118,11 +119,27 @@ def retriever_url(exp: ExperimentConfig) -> str:
     return f"(bm25 index {exp.search.index_dir or 'in memory'})"
 
 
+# The service behind each tool, as the outage metrics name it.
+TOOL_SERVICES = {"search": "retriever", "python": "python"}
+
+
+def tool_counts(tool: str, before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Requests to ``tool``'s service and their failures between two
+    :meth:`SearchEnv.metrics` snapshots: each call sent ends as a ``tool`` outcome or a
+    ``<tool>_failures`` count."""
+    failures = after[f"{tool}_failures"] - before[f"{tool}_failures"]
+    requests = failures + after[tool] - before[tool]
+    return service_counts(TOOL_SERVICES[tool], failures, requests)
+
+
 def retriever_counts(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
-    """Retriever requests and failures between two :meth:`SearchEnv.metrics` snapshots:
-    each query sent ends as ``search`` or ``tool_error``."""
-    failures = after["tool_error"] - before["tool_error"]
-    return service_counts("retriever", failures, failures + after["search"] - before["search"])
+    """Retriever requests and failures between two :meth:`SearchEnv.metrics` snapshots."""
+    return tool_counts("search", before, after)
+
+
+def tool_url(exp: ExperimentConfig, tool: str) -> str:
+    """Where a tool's service runs, for outage messages."""
+    return retriever_url(exp) if tool == "search" else "(the Python tool's sandbox)"
 
 
 class RLPTMethod:
@@ -308,17 +325,27 @@ def _generative_judge_backend(exp: ExperimentConfig):
 
 
 class AT2POMethod:
-    """AT²PO on search-augmented QA: trees, tree credit, ATPO (or a baseline loss)."""
+    """AT²PO on multi-turn tool use: trees, tree credit, ATPO (or a baseline loss).
+
+    The paper's setting is search-augmented QA scored by exact match; with
+    ``qa.reward="math"`` the questions are math problems (RLVR's loader) and the answers
+    are checked by the math verifier, and ``env.tools`` picks the tools (search, the
+    sandboxed Python tool, or both).
+    """
 
     def __init__(self, exp: ExperimentConfig, tokenizer: Tokenizer, use_chat: bool):
-        from rlpt_jax.envs.search_env import SearchEnv
         from rlpt_jax.rollout.at2po import prompt_ids
 
         self.exp = exp
         self.tokenizer = tokenizer
+        self.math = MathAnswers(exp.qa) if exp.qa.reward == "math" else None
+        if self.math is not None:
+            questions, self.eval_sets, data_counts = self.math.questions()
+        else:
+            questions = load_questions(exp.qa.train, "train")
+            self.eval_sets, data_counts = load_eval_sets(exp.qa.eval), {}
         # rollout.max_prompt_tokens bounds the prompt as the memory plan assumes: a longer
         # training question is left out (counted), never cut (that would cut its template).
-        questions = load_questions(exp.qa.train, "train")
         self.train_questions = [
             q
             for q in questions
@@ -330,15 +357,16 @@ class AT2POMethod:
                 f"every training question's prompt is longer than rollout.max_prompt_tokens="
                 f"{exp.rollout.max_prompt_tokens}; raise it"
             )
-        self.eval_sets = load_eval_sets(exp.qa.eval)
-        self.env = SearchEnv(make_search_backend(exp), exp.env)
+        self.env = make_env(exp)
         self.stream = pipeline.IndexStream(len(self.train_questions), exp.seed)
-        self.stop_strings = exp.env.stop_strings  # </search> (+ </answer>: env.stop_at_answer)
+        # the enabled tools' closing tags (+ </answer>: env.stop_at_answer)
+        self.stop_strings = exp.env.stop_strings
         self.samples = True
-        self.counts = {
-            "train_questions": len(self.train_questions),
-            "train_questions_prompt_too_long": len(questions) - len(self.train_questions),
-        }
+        self.counts = dict(data_counts)
+        self.counts.update(
+            train_questions=len(self.train_questions),
+            train_questions_prompt_too_long=len(questions) - len(self.train_questions),
+        )
         self.counts.update({f"eval_{k}": len(v) for k, v in self.eval_sets.items()})
 
     def rows_per_step(self) -> int:
@@ -351,6 +379,7 @@ class AT2POMethod:
         from rlpt_jax.rollout.at2po import at2po_rollout
 
         before = self.env.metrics()
+        hows = self.math.hows.copy() if self.math is not None else None
         out = at2po_rollout(
             policy,
             self.env,
@@ -366,10 +395,17 @@ class AT2POMethod:
             advantage=self.exp.advantage,  # the leaves' group advantage of credit "vanilla"
             dapo=self.exp.dapo,
             more_questions=self.next_questions,  # DAPO's refill rounds
+            check_answers=self.math,
         )
         m = dict(out.metrics)
-        m.update(retriever_counts(before, self.env.metrics()))
-        check_service(self.exp.outage, "retriever", retriever_url(self.exp), self.env.last_error, m)
+        if self.math is not None:
+            m.update(self.math.step_metrics(hows))
+        after = self.env.metrics()
+        for tool in self.exp.env.tools:
+            m.update(tool_counts(tool, before, after))
+        for tool in self.exp.env.tools:
+            url, reason = tool_url(self.exp, tool), self.env.last_errors.get(tool)
+            check_service(self.exp.outage, TOOL_SERVICES[tool], url, reason, m)
         return out.batch, m
 
     def next_questions(self) -> list:
@@ -391,8 +427,49 @@ class AT2POMethod:
                 exp.qa.format_penalty,
                 exp.eval.max_new_tokens,
                 self.stop_strings,
+                self.math,  # check_answers: None (exact match) or the math verifier
             )
         )
+
+
+class MathAnswers:
+    """The math side of ``qa.reward="math"``: problems from RLVR's loader as AT²PO
+    questions, and a question's boxed answers checked by the math verifier (the
+    generator's own scorer for a reasoning-gym problem), in a worker process.
+
+    Called as ``check_answers(problem, answers)`` by the rollout; counts how each answer
+    was checked (``verifier/<how>`` per step).
+    """
+
+    def __init__(self, qa):
+        from rlpt_jax.rewards.math_verifier import MathVerifier
+
+        self.qa = qa
+        self.verifier = MathVerifier(qa.math.verifier)
+        self.verifier.probe()  # a missing math-verify fails here, not after a rollout
+        self.hows: collections.Counter[str] = collections.Counter()
+
+    def questions(self) -> tuple[list, dict[str, list], dict[str, int]]:
+        """Training problems, held-out sets by name, and the loader's counts."""
+        from rlpt_jax.data.math_problems import build_math_data
+
+        m = self.qa.math
+        data = build_math_data((self.qa.train,), self.qa.eval, m.train_size, m.heldout, m.seed)
+        return data.train, data.heldout, data.counts
+
+    def __call__(self, problem, answers: Sequence[str | None]) -> list[bool]:
+        from rlpt_jax.rewards.math_verifier import Check
+
+        checks = [Check(a, problem.answer, problem.generator) for a in answers]
+        verdicts = self.verifier.check(checks)
+        self.hows.update(v.how for v in verdicts)
+        return [v.correct for v in verdicts]
+
+    def step_metrics(self, before: collections.Counter) -> dict[str, float]:
+        """How the step's answers were checked: ``verifier/<how>``, zeros too."""
+        from rlpt_jax.rewards.math_verifier import HOWS
+
+        return {f"verifier/{h}": float(self.hows[h] - before[h]) for h in HOWS}
 
 
 def _is_named_set(name: str) -> bool:
@@ -455,12 +532,29 @@ def make_search_backend(exp: ExperimentConfig):
     return search.BM25Search(cache_dir=exp.search.index_dir)
 
 
+def make_env(exp: ExperimentConfig):
+    """The multi-turn environment with the tools of ``env.tools``: the search backend
+    (probed when it is a server) and the Python sandbox (which refuses to start without
+    bubblewrap unless ``python_tool.allow_unisolated``)."""
+    from rlpt_jax.envs.python_tool import PythonTool
+    from rlpt_jax.envs.search_env import SearchEnv
+
+    tools = exp.env.tools
+    backend = make_search_backend(exp) if "search" in tools else None
+    python = None
+    if "python" in tools:
+        python = PythonTool(exp.python_tool)
+        python.probe()  # limits too tight to start Python fail here, not in every call
+    return SearchEnv(backend, exp.env, python)
+
+
 def _check_demo_searches(exp: ExperimentConfig, env, split: str, counts: dict) -> None:
     """Demonstrations are built once, so a retriever outage while building them has no
     step to skip: beyond ``outage.max_failure_fraction`` of failed searches it stops the
     run (a demonstration whose search failed is otherwise dropped, and counted)."""
     try:
-        check_service(exp.outage, "retriever", retriever_url(exp), env.last_error, counts)
+        reason = env.last_errors.get("search")
+        check_service(exp.outage, "retriever", retriever_url(exp), reason, counts)
     except ServiceOutage as e:
         raise OutageError(
             f"building the {split} demonstrations of the cold start: {e} "
@@ -529,6 +623,12 @@ class SFTMethod:
         from rlpt_jax.rollout.at2po import demonstration
 
         exp = self.exp
+        if "search" not in exp.env.tools or exp.qa.reward != "em":
+            raise ValueError(
+                "sft.data='at2po' writes search-QA demonstrations (think, search, answer); "
+                f"this run has env.tools={exp.env.tools} and qa.reward={exp.qa.reward!r}. "
+                "Give the cold start a chat jsonl (sft.data=/path/to/chat.jsonl) instead"
+            )
         env = SearchEnv(make_search_backend(exp), exp.env)
         splits = {
             "train": _cap(list(load_questions(exp.qa.train, "train")), self.cfg.max_examples),

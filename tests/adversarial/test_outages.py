@@ -202,6 +202,7 @@ def _at2po_method(backend, **outage):
     )
     method = methods.AT2POMethod.__new__(methods.AT2POMethod)
     method.exp, method.env = exp, SearchEnv(backend, exp.env)
+    method.math = None  # exact-match QA
     method.train_questions = [QUESTION]
     method.stream = methods.pipeline.IndexStream(1, 0)
     return method
