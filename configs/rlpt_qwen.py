@@ -18,7 +18,8 @@ Run (from the repository root):
     # the next-token-prediction baseline on the same text: add --config.method=ntp
     python launch/train.py --config=configs/rlpt_qwen.py:cpu --config.method=ntp
 
-Variants: ``qwen3_8b`` (default), ``qwen3_8b_tpu``, ``qwen3_4b``, ``cpu``, ``tiny`` (tests).
+Variants: ``qwen3_8b`` (default), ``qwen3_8b_tpu``, ``qwen3_4b``, ``llama3_2_3b``, ``cpu``,
+``tiny`` (tests).
 
 Sources in the comments: "RLPT" is arXiv 2509.19249 v2, cited by the part of the paper
 named in spec/rlpt.md (the spec gives no section numbers); "[ours]" marks a choice the
@@ -202,6 +203,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "qwen3_4b":
         c.mesh.update(data=1, fsdp=8, tensor=1)
         c.model.arch = "qwen3-4b"
+    elif variant == "llama3_2_3b":  # the paper's third base model (RLPT, results tables)
+        c.mesh.update(data=1, fsdp=8, tensor=1)
+        c.model.arch = "llama-3.2-3b"
     elif variant in ("cpu", "tiny"):
         c.model.path = "embedded"
         c.model.dtype = "float32"
@@ -267,7 +271,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:
         raise ValueError(
             f"unknown variant {variant!r} of rlpt_qwen.py; "
-            "valid: qwen3_8b, qwen3_8b_tpu, qwen3_4b, cpu, tiny"
+            "valid: qwen3_8b, qwen3_8b_tpu, qwen3_4b, llama3_2_3b, cpu, tiny"
         )
     c.lock()
     return c

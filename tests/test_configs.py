@@ -9,7 +9,7 @@ from rlpt_jax.train.experiment import from_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
-    "rlpt_qwen": ["qwen3_8b", "qwen3_8b_tpu", "qwen3_4b", "cpu", "tiny", None],
+    "rlpt_qwen": ["qwen3_8b", "qwen3_8b_tpu", "qwen3_4b", "llama3_2_3b", "cpu", "tiny", None],
     "at2po_qwen": [
         "qwen3_4b",
         "qwen3_8b",
