@@ -7,6 +7,8 @@ tests/adversarial/test_sandbox.py."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from test_python_tool import make_tool
 
@@ -78,6 +80,15 @@ def test_a_failing_program_is_a_counted_result_not_a_crash(tool, code, kind, sho
     assert sum(m[f"python_{k}"] for k in ("timeout", "memory", "output_limit")) <= 1
     if kind == "timeout":
         assert r.append_text.startswith(" <result>\nso far\n")  # what it printed first
+
+
+def test_the_programs_of_a_batch_run_at_once():
+    """Three one-second sleeps in 2.5 s: run one after another they need 3 s at least."""
+    env = SearchEnv(None, SearchEnvConfig(tools=("python",), python_workers=3), make_tool())
+    start = time.monotonic()
+    out = env.step_batch([("<python>import time; time.sleep(1); print('up')</python>", 0)] * 3)
+    assert time.monotonic() - start < 2.5
+    assert [r.append_text for r in out] == [" <result>\nup\n</result>"] * 3
 
 
 def test_output_is_cut_to_python_max_chars(tool):

@@ -192,6 +192,10 @@ class SearchEnv:
         self.backend = backend
         self.python = python
         self.config = config
+        # Threads start on first use; each waits on its sandboxed process.
+        self._pool = None
+        if "python" in config.tools:
+            self._pool = ThreadPoolExecutor(config.python_workers, thread_name_prefix="python")
         names = list(OUTCOMES)
         if "search" in config.tools:
             names += ["backend_calls", "query_truncated", "search_failures"]
@@ -280,9 +284,7 @@ class SearchEnv:
         ]
 
     def _run_programs(self, pending: list[tuple[int, str, int]]) -> list[StepResult]:
-        workers = min(self.config.python_workers, len(pending))
-        with ThreadPoolExecutor(workers, thread_name_prefix="python-tool") as pool:
-            runs = list(pool.map(self._run_one, [code for _, code, _ in pending]))
+        runs = list(self._pool.map(self._run_one, [code for _, code, _ in pending]))
         out = []
         for item, run in zip(pending, runs):
             _, code, calls = item
