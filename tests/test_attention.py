@@ -113,7 +113,7 @@ def test_resolve():
     assert attn.resolve("auto", "float32", platform="cpu") == "xla"
     assert attn.resolve("auto", "bfloat16", platform="gpu") == "blockwise"
     assert attn.resolve("auto", "float32", platform="gpu") == "blockwise"
-    assert attn.resolve("auto", "bfloat16", platform="tpu") == "blockwise"
+    assert attn.resolve("auto", "bfloat16", platform="tpu") == "splash"
     assert attn.resolve("auto", "bfloat16", batch_invariant=True, platform="gpu") == "xla"
     with pytest.raises(ValueError, match="not batch invariant"):
         attn.resolve("blockwise", "float32", batch_invariant=True)
