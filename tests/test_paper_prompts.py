@@ -15,7 +15,13 @@ from rlpt_jax.train.experiment import from_config_dict
 
 AT2PO = _module("at2po_qwen")
 RLPT = _module("rlpt_qwen")
-PAPER_AT2PO = [v for v in VARIANTS["at2po_qwen"] if v not in ("cpu", "tiny")]
+# The paper's search-QA variants (cpu/tiny keep their cold-start prompt; the math_python
+# agents, [ours], have their own tool protocol and prompt: tests/test_math_agent.py).
+PAPER_AT2PO = [
+    v
+    for v in VARIANTS["at2po_qwen"]
+    if v not in ("cpu", "tiny") and not (v or "").startswith("math_")
+]
 
 # AT²PO (arXiv 2601.04767), Fig. 6, laid out as the reference code's data preparation
 # does (data_process/hotpotqa_multihop_train.py): one system message, chat template with
