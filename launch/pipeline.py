@@ -94,7 +94,10 @@ def main(argv):
     if len(starts) != 1:
         sys.exit(f"the RLPT seeds started from different models {sorted(starts)}")
     (cold,) = starts
-    rlpt_export = runs_dir / rlpt.name / f"seed{comparison.SEED_FIELD}" / "hf_export"
+    # Relative to the repository when inside it, so that spec.json works in another clone.
+    rlpt_export = comparison.shown_path(
+        runs_dir / rlpt.name / f"seed{comparison.SEED_FIELD}" / "hf_export"
+    )
     arms = [
         comparison.Arm(name, rlvr.config, (*rlvr.overrides, f"model.path={path}"))
         for name, path in (("rlpt_then_rlvr", rlpt_export), ("rlvr_alone", cold))

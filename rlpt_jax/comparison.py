@@ -199,7 +199,7 @@ def run_dir(runs_dir: Path, arm: Arm, seed: int) -> Path:
 def train_command(arm: Arm, seed: int, workdir: Path) -> list[str]:
     """The ``launch/train.py`` command of one run (paths inside the repository relative)."""
     _, _, variant = arm.config.partition(":")
-    cfg = _shown(config_path(arm)) + (f":{variant}" if variant else "")
+    cfg = shown_path(config_path(arm)) + (f":{variant}" if variant else "")
     overrides = [
         f"--config.{o.removeprefix('--config.').replace(SEED_FIELD, str(seed))}"
         for o in arm.overrides
@@ -210,11 +210,12 @@ def train_command(arm: Arm, seed: int, workdir: Path) -> list[str]:
         f"--config={cfg}",
         *overrides,
         f"--config.seed={seed}",
-        f"--workdir={_shown(workdir)}",
+        f"--workdir={shown_path(workdir)}",
     ]
 
 
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it, else absolute."""
     path = Path(path).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
@@ -267,13 +268,13 @@ def train_all(arms: Sequence[Arm], seeds: Sequence[int], runs_dir: Path) -> list
         bar.set_postfix_str(f"{arm.name} seed {seed}")
         _check_same_arm(workdir, arm)
         if (workdir / FINAL_NAME).is_file():
-            bar.write(f"skip {_shown(workdir)}: finished")
+            bar.write(f"skip {shown_path(workdir)}: finished")
             continue
         rec = train_run(arm, seed, workdir)
         if rec["attempts"][-1]["returncode"] != 0:
             log = workdir / "train.log"
             tail = "".join(log.read_text(errors="replace").splitlines(True)[-15:])
-            bar.write(f"FAILED {_shown(workdir)} (log: {log}):\n{tail}")
+            bar.write(f"FAILED {shown_path(workdir)} (log: {log}):\n{tail}")
             failed.append(str(workdir))
     return failed
 
@@ -484,7 +485,7 @@ def _run_row(arm: Arm, seed: int, runs_dir: Path, run: dict | None) -> dict[str,
     steps = [int(r["step"]) for r in run["records"]] if run else []
     return {
         "seed": seed,
-        "workdir": _shown(workdir),
+        "workdir": shown_path(workdir),
         "status": "finished" if run else ("failed" if attempts else "missing"),
         "steps": max(steps, default=None),
         "wall_s": sum(a["wall_s"] for a in attempts) if attempts else None,
@@ -793,7 +794,7 @@ def check_comparison(arms: Sequence[Arm], seeds: Sequence[int]) -> None:
 
 
 def _reproduce(out: Path, runs_dir: Path) -> str:
-    cmd = f"python launch/compare.py --spec={_shown(out / SPEC_NAME)} --out={_shown(out)}"
+    cmd = f"python launch/compare.py --spec={shown_path(out / SPEC_NAME)} --out={shown_path(out)}"
     if runs_dir != out / "runs":
-        cmd += f" --runs_dir={_shown(runs_dir)}"
+        cmd += f" --runs_dir={shown_path(runs_dir)}"
     return cmd

@@ -341,3 +341,11 @@ def test_failed_runs_are_recorded_and_the_command_fails(tmp_path):
     rec = C.read_record(out / "runs" / "bad" / "seed0")
     assert rec["attempts"][0]["returncode"] != 0
     assert "bogus" in (out / "runs" / "bad" / "seed0" / "train.log").read_text()
+
+
+def test_seed_field_in_an_override_is_the_runs_seed(tmp_path):
+    """launch/pipeline.py starts each seed's RLVR run from that seed's RLPT export."""
+    arm = C.Arm("rlvr", "configs/rlvr_qwen.py:tiny", ("model.path=runs/rlpt/seed{seed}/hf_export",))
+    cmd = C.train_command(arm, 3, tmp_path / "w")
+    assert "--config.model.path=runs/rlpt/seed3/hf_export" in cmd
+    assert "--config.seed=3" in cmd
