@@ -226,6 +226,7 @@ def base() -> ml_collections.ConfigDict:
         max_disk_bytes=64 << 20,
         max_processes=128,
         allow_unisolated=False,
+        url=placeholder(str),  # a SandboxFusion-compatible service instead of bubblewrap
     )
     # AT²PO, search-QA setting: e5-base-v2 over Wikipedia 2018, served over HTTP (ref code:
     # rag_server/). [ours]: timeout and retries.

@@ -198,7 +198,11 @@ class PythonToolConfig:
     ``RLIMIT_NPROC`` (threads count too); it is per sandbox for a non-root caller, but
     for a root caller it counts all processes of ``nobody``, so concurrent calls share it.
     ``allow_unisolated`` lets the tool run without bubblewrap (warned once): only for
-    machines where containers already isolate it. ``audit_hook=False`` drops the
+    machines where containers already isolate it. ``url``: send the code to a
+    SandboxFusion-compatible service instead (``POST <url>/run_code``; ``timeout_s`` is its
+    run timeout, the HTTP deadline ``timeout_s`` + 10 s, the reply capped at twice
+    ``max_output_bytes`` plus 64 KiB); the memory, file, disk and process limits are then
+    the service's. ``audit_hook=False`` drops the
     prelude's audit hook: only for testing the other layers on their own.
     """
 
@@ -211,6 +215,9 @@ class PythonToolConfig:
     audit_hook: bool = True
     allow_unisolated: bool = False
     python: str = sys.executable
+    # A SandboxFusion-compatible code-execution service (POST <url>/run_code), for clusters
+    # where containers isolate the code: None runs it here under bubblewrap.
+    url: str | None = None
 
     def __post_init__(self):
         if not self.timeout_s > 0:
@@ -288,6 +295,10 @@ class PythonTool:
     def __init__(self, config: PythonToolConfig = PythonToolConfig()):
         self.config = config
         allow_unisolated = config.allow_unisolated  # read up front: a config field in use
+        if config.url:
+            self._launcher = _Remote(config.url.rstrip("/") + "/run_code")
+            self.isolated, self.seccomp = True, False  # the service's containers isolate
+            return
         try:
             self._launcher = _Bubblewrap.find(config.python)
             _self_check(self._launcher, config.python)
@@ -331,8 +342,63 @@ class _Launch:
     shell_status: bool = False
 
 
+class _Remote:
+    """A SandboxFusion-compatible service: ``POST /run_code`` with ``{"code", "language",
+    "run_timeout"}``, answered by ``{"status", "message", "run_result": {"status",
+    "return_code", "stdout", "stderr"}}``. Its reply is untrusted input like the code's
+    output: bounded in time and size, and anything but that shape is an ``internal``
+    failure (the tool's, not the program's)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def run(self, code: str, cfg: PythonToolConfig, start: float) -> PythonResult:
+        from rlpt_jax import net
+
+        payload = {"code": code, "language": "python", "run_timeout": cfg.timeout_s}
+        try:
+            reply = net.post_json(
+                self.url,
+                payload,
+                timeout_s=cfg.timeout_s + 10.0,
+                deadline_s=cfg.timeout_s + 10.0,
+                max_bytes=2 * cfg.max_output_bytes + (64 << 10),
+            )
+        except net.HTTPFailure as e:
+            return PythonResult(False, "", "", "internal", None, str(e), _since(start))
+        run = reply.get("run_result") if isinstance(reply, dict) else None
+        if not isinstance(run, dict):
+            message = reply.get("message") if isinstance(reply, dict) else None
+            detail = f"the sandbox service sent no run_result ({str(message)[:200]!r})"
+            return PythonResult(False, "", "", "internal", None, detail, _since(start))
+        out, err = run.get("stdout") or "", run.get("stderr") or ""
+        code_ = run.get("return_code")
+        if not (isinstance(out, str) and isinstance(err, str)):
+            detail = "the sandbox service sent non-text output"
+            return PythonResult(False, "", "", "internal", None, detail, _since(start))
+        cap = cfg.max_output_bytes
+        clipped = len(out) > cap or len(err) > cap
+        out, err = out[:cap], err[:cap]
+        code_ = code_ if isinstance(code_, int) and not isinstance(code_, bool) else None
+        status = run.get("status")
+        if status == "TimeLimitExceeded":
+            error, detail = "timeout", f"killed after the {cfg.timeout_s:g} s limit (service)"
+        elif clipped:
+            error, detail = "output_limit", f"output past {cap} bytes was cut (service)"
+        elif status == "Finished" and code_ == 0:
+            error, detail = None, "exit 0"
+        elif status in ("Finished", "Error") and code_ is not None:
+            error, detail = "exit_code", f"exit status {code_}"
+        else:
+            error = "internal"
+            detail = f"the sandbox service answered status {str(status)[:100]!r}"
+        return PythonResult(error is None, out, err, error, code_, detail, _since(start))
+
+
 def _execute(code: str, cfg: PythonToolConfig, launcher) -> PythonResult:
     start = time.monotonic()
+    if isinstance(launcher, _Remote):
+        return launcher.run(code, cfg, start)
     try:
         with contextlib.ExitStack() as stack:
             launch = launcher.prepare(code, cfg, stack)
