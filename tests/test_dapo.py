@@ -353,3 +353,23 @@ def test_at2po_vanilla_credit_reads_the_advantage_config(group, want):
     )
     adv = np.asarray(out.batch.advantages)[:2]
     np.testing.assert_allclose(sorted(adv.sum(axis=1)), [-want, want], rtol=1e-6)
+
+
+def test_unscored_completions_leave_the_loss_and_the_group_statistics():
+    """A completion whose judge request failed (Scored.failed) is not rewarded 0: it gets
+    no loss tokens and no say in its group's mean and std (issue 21: a reply that cannot
+    be parsed as the protocol is a failure, not a zero reward)."""
+
+    def reward(tasks, texts):
+        failed = np.array([[False, False, True]])
+        return Scored(np.array([[1.0, 0.0, 0.0]]), [[None] * 3], {}, failed)
+
+    out = group_rollout(
+        _Policy(), [_task("t", None)], reward, SampleSpec(max_new_tokens=4), 3,
+        AdvantageConfig(), 16, seed=0,
+    )  # fmt: skip
+    mask, adv = np.asarray(out.batch.loss_mask), np.asarray(out.batch.advantages)
+    assert mask[0].sum() > 0 and mask[1].sum() > 0 and mask[2].sum() == 0
+    # the scored pair [1, 0] alone: +1 and -1 (with the failed 0 counted: +1.41, -0.71)
+    np.testing.assert_allclose([adv[0][mask[0] > 0][0], adv[1][mask[1] > 0][0]], [1, -1], atol=1e-5)
+    assert out.metrics["rollout/unscored_masked"] == 1.0

@@ -464,9 +464,10 @@ def test_http_judge_failure_fraction(server):
     server.behaviour = behaviour
     batch = [("it works", REFS), ("it fails", REFS), ("it works", REFS)]
     tolerant = http_judge(server.server_port, max_workers=1, max_failure_fraction=0.5)
-    results = tolerant.score(batch)  # 1/3 failed <= 0.5: rewarded as unparseable
+    results = tolerant.score(batch)  # 1/3 failed <= 0.5: marked failed (not trained on)
     assert [r.reward for r in results] == [1.0, 0.0, 1.0]
-    assert results[1] == JudgeResult(0.0, False, "HTTP 500 Internal Server Error")
+    assert results[1] == JudgeResult(0.0, False, "HTTP 500 Internal Server Error", failed=True)
+    assert not results[0].failed and not results[2].failed
     assert tolerant.counters.failed_requests == 1 and tolerant.counters.retries == 2
     strict = http_judge(server.server_port, max_workers=1, max_failure_fraction=0.3)
     with pytest.raises(JudgeUnavailableError, match="1/3 requests failed"):

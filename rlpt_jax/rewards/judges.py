@@ -322,12 +322,15 @@ def _unknown_kind(kind: str) -> str:
 class JudgeResult:
     """Reward of one item; ``parsed`` is False when no verdict was read; ``raw`` is the
     judge's output (or the error / response body when there was none); ``verdict`` is
-    the 0/1 verdict (0 when there was none), which is the reward unless the judge grades."""
+    the 0/1 verdict (0 when there was none), which is the reward unless the judge grades.
+    ``failed``: the request never got a judge's answer (no connection, a garbage reply);
+    the rollout then leaves the item out of training rather than rewarding it 0."""
 
     reward: float
     parsed: bool
     raw: str
     verdict: int = 0
+    failed: bool = False
 
 
 @dataclasses.dataclass
@@ -486,7 +489,8 @@ class Judge(abc.ABC):
             counters.unparseable += 1
             self.unparseable_example = reply.raw
         if verdict is None:
-            return JudgeResult(self.config.unparseable_reward, parsed=False, raw=reply.raw)
+            reward = self.config.unparseable_reward
+            return JudgeResult(reward, parsed=False, raw=reply.raw, failed=reply.failed)
         counters.parsed += 1
         counters.positive += verdict
         reward = float(verdict) if reply.graded is None else reply.graded

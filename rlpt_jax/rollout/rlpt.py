@@ -42,11 +42,14 @@ class RLPTRollout:
 class Scored:
     """What a reward function returns for ``G`` groups of ``n`` decoded completions:
     rewards ``[G, n]``, the extracted answers (``None``: none found, counted as
-    ``rollout/no_prediction``) and its own metrics."""
+    ``rollout/no_prediction``) and its own metrics. ``failed`` ``[G, n]`` (None: none)
+    marks completions whose reward could not be computed (a failed judge request): they
+    are left out of their group's advantage statistics and of the loss, not rewarded 0."""
 
     rewards: np.ndarray
     predictions: list[list[str | None]]
     metrics: dict[str, float]
+    failed: np.ndarray | None = None
 
 
 # reward(tasks, texts [G][n]) -> Scored
@@ -71,8 +74,10 @@ def rows_batch(
     advantages: Sequence[float],
     pad_id: int,
     row_multiple: int = 1,
+    trained: Sequence[bool] | None = None,
 ) -> RLBatch:
-    """One row per completion: prompt (no loss) + completion tokens (loss, old log-probs)."""
+    """One row per completion: prompt (no loss) + completion tokens (loss, old log-probs).
+    ``trained[i]`` False: row i gets no loss tokens (its reward is unknown)."""
     lengths = [len(p) + len(c.tokens) for p, c in zip(prompts, completions)]
     t = bucket_length(max(lengths))
     b = len(completions)
@@ -86,7 +91,7 @@ def rows_batch(
         tokens[i, :n] = p
         tokens[i, n : n + m] = c.tokens
         seg[i, : n + m] = 1
-        mask[i, n : n + m] = 1.0
+        mask[i, n : n + m] = 1.0 if trained is None or trained[i] else 0.0
         old[i, n : n + m] = c.logps
     batch = make_batch(tokens, mask, np.asarray(advantages, np.float32), old, segment_ids=seg)
     rows = -(-b // row_multiple) * row_multiple
@@ -121,6 +126,7 @@ class _Group:
     predictions: list[str | None]
     rewards: np.ndarray  # [n]
     penalty: np.ndarray  # [n]
+    failed: np.ndarray  # [n] bool: no reward (Scored.failed)
 
 
 def _score_round(
@@ -144,8 +150,9 @@ def _score_round(
         lengths, spec.max_new_tokens, dapo.overlong_buffer, dapo.overlong_penalty
     )
     rewards = np.asarray(scored.rewards, np.float64) + penalty
+    failed = np.zeros(rewards.shape, bool) if scored.failed is None else scored.failed
     out = [
-        _Group(task, prompt, list(g), list(p), rewards[i], penalty[i])
+        _Group(task, prompt, list(g), list(p), rewards[i], penalty[i], failed[i])
         for i, (task, prompt, g, p) in enumerate(zip(tasks, prompts, groups, scored.predictions))
     ]
     return out, scored.metrics
@@ -201,12 +208,17 @@ def group_rollout(
         kept, ds_metrics = sample_round(0), {}
 
     rewards = np.stack([g.rewards for g in kept])
-    adv = np.asarray(group_advantages(rewards, advantage), np.float64)
+    failed = np.stack([g.failed for g in kept])
+    adv = _advantages(rewards, failed, advantage)
     flat_prompts = [g.prompt for g in kept for _ in range(n)]
     flat_comps = [c for g in kept for c in g.completions]
-    batch = rows_batch(flat_prompts, flat_comps, adv.reshape(-1), policy.pad_id, row_multiple)
+    batch = rows_batch(
+        flat_prompts, flat_comps, adv.reshape(-1), policy.pad_id, row_multiple,
+        trained=~failed.reshape(-1),
+    )  # fmt: skip
 
     m = _metrics(sampled)
+    m["rollout/unscored_masked"] = float(failed.sum())
     m.update(reward_metrics)
     m.update(ds_metrics)
     if dapo.overlong_buffer:
@@ -216,6 +228,18 @@ def group_rollout(
     return RLPTRollout(batch, rewards, completions, predictions, m)
 
 
+def _advantages(rewards: np.ndarray, failed: np.ndarray, cfg: AdvantageConfig) -> np.ndarray:
+    """Group advantages [G, n] over each group's scored completions only; an unscored one
+    (``failed``) gets 0, as does every member of a group with fewer than 2 scored."""
+    if not failed.any():
+        return np.asarray(group_advantages(rewards, cfg), np.float64)
+    adv = np.zeros(rewards.shape, np.float64)
+    for i, ok in enumerate(~failed):
+        if ok.sum() >= 2:
+            adv[i, ok] = np.asarray(group_advantages(rewards[i : i + 1, ok], cfg), np.float64)[0]
+    return adv
+
+
 def judge_reward(judge: Judge, tasks: Sequence[Task], texts: list[list[str]]) -> Scored:
     """RLPT's reward: the judge's verdict on the tagged prediction of each completion."""
     preds = [[extract_prediction(t) for t in g] for g in texts]
@@ -223,7 +247,8 @@ def judge_reward(judge: Judge, tasks: Sequence[Task], texts: list[list[str]]) ->
     results = judge.score(items)
     n = len(texts[0]) if texts else 0
     rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(tasks), n)
-    return Scored(rewards, preds, {})
+    failed = np.asarray([r.failed for r in results], bool).reshape(len(tasks), n)
+    return Scored(rewards, preds, {}, failed)
 
 
 def rlpt_rollout(
