@@ -23,10 +23,9 @@ Four parts, each guarded (a failure, e.g. out of memory, is a row of the table a
   temporaries (``memory_analysis().temp_size_in_bytes``) and the step time; an
   out-of-memory at compile or run time is reported as "OOM".
 
-Models: ``qwen3-0.6b`` (its public ``config.json`` values, below; ``rlpt_jax.models.presets``
-has no 0.6B entry), ``qwen3-1.7b`` and ``qwen3-4b`` (the presets), compute dtype bfloat16,
-parameters float32 by default (the paper configs' master weights; ``--param_dtype
-bfloat16`` for pure bfloat16). One device is used, whatever the device count.
+Models: ``qwen3-0.6b``, ``qwen3-1.7b`` and ``qwen3-4b`` (``rlpt_jax.models.presets``),
+compute dtype bfloat16, parameters float32 by default (the paper configs' master weights;
+``--param_dtype bfloat16`` for pure bfloat16). One device is used, whatever the device count.
 
 On a CPU (no accelerator), or with ``--tiny``, every part runs only a tiny Qwen3-shaped
 model (2 layers, width 64) at short lengths: that checks the script runs
@@ -75,28 +74,8 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     (r"\btpu v2\b", 22.5),
 )
 
-# Qwen/Qwen3-0.6B config.json (architecture fields).
-QWEN3_0_6B = dict(
-    model_type="qwen3",
-    vocab_size=151936,
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    hidden_act="silu",
-    max_position_embeddings=40960,
-    rms_norm_eps=1e-6,
-    rope_theta=1000000.0,
-    attention_bias=False,
-    tie_word_embeddings=True,
-    bos_token_id=151643,
-    eos_token_id=151645,
-)
-
+# The tiny shape: Qwen3-0.6B's config with these fields replaced.
 TINY = dict(
-    QWEN3_0_6B,
     vocab_size=512,
     hidden_size=64,
     intermediate_size=128,
@@ -174,7 +153,7 @@ def model_config(name: str, *, param_dtype: str, attention: str = "auto", max_le
     from rlpt_jax.models.config import ModelConfig
     from rlpt_jax.models.presets import preset
 
-    d = {"tiny": TINY, "qwen3-0.6b": QWEN3_0_6B}.get(name) or preset(name)
+    d = dict(preset("qwen3-0.6b"), **TINY) if name == "tiny" else preset(name)
     d = dict(d)
     d["max_position_embeddings"] = max(int(d["max_position_embeddings"]), max_len)
     return ModelConfig.from_hf_dict(

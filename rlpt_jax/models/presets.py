@@ -41,6 +41,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_key_value_heads=8,
         tie_word_embeddings=True,
     ),
+    "qwen3-0.6b": dict(
+        _QWEN3_COMMON,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
     "qwen3-1.7b": dict(
         _QWEN3_COMMON,
         hidden_size=2048,
