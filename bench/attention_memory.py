@@ -10,7 +10,8 @@ configs' setting). Nothing runs: each step is only lowered and compiled, and
     .venv/bin/python bench/attention_memory.py                # T = 2048, 4096, 8192
     .venv/bin/python bench/attention_memory.py --lengths 1024,2048
 
-Prints a table, then one JSON line (with the CPU model and ISA flags).
+Prints a table, then one JSON line with the machine (``machine_info()``: the CPU model name
+and the AVX-512F/AMX flags from /proc/cpuinfo).
 """
 
 from __future__ import annotations
