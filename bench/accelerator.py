@@ -124,16 +124,6 @@ def peak_tflops(device_kind: str) -> float | None:
     return None
 
 
-def flops_per_token(cfg, length: int) -> float:
-    """Model FLOPs per trained token (``bench/train_step.py``'s convention)."""
-    d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-    attn = d * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
-    attn += cfg.num_heads * cfg.head_dim * d
-    mlp = 3 * d * f
-    n_params = n_layers * (attn + mlp) + d * cfg.vocab_size
-    return 6 * n_params + 12 * n_layers * length * cfg.num_heads * cfg.head_dim
-
-
 def failure(e: BaseException) -> dict:
     """A caught exception as a JSON entry: "OOM" for out-of-memory, else its first line."""
     msg = f"{type(e).__name__}: {e}"
@@ -230,13 +220,15 @@ def update_step(cfg, batch: int, length: int, chunk: int, steps: int, out: dict)
 
 
 def part_update(name: str, s: dict, a, peak: float | None) -> dict:
+    from rlpt_jax.metrics import model_flops_per_token
+
     cfg = model_config(name, param_dtype=a.param_dtype, max_len=s["length"])
     r: dict = {"params_b": n_params(cfg) / 1e9}
     try:
         update_step(cfg, s["batch"], s["length"], s["chunk"], s["steps"], r)
     except Exception as e:  # noqa: BLE001 (reported with what was measured before it)
         return {**r, **failure(e)}
-    r["flops_per_token"] = flops_per_token(cfg, s["length"])
+    r["flops_per_token"] = model_flops_per_token(cfg, s["length"])
     r["tflops"] = r["tok_s"] * r["flops_per_token"] / 1e12
     r["mfu"] = None if peak is None else r["tflops"] / peak
     return r

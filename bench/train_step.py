@@ -69,20 +69,12 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def model_flops_per_token(cfg) -> float:
-    d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-    attn = d * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
-    attn += cfg.num_heads * cfg.head_dim * d
-    mlp = 3 * d * f
-    n_params = n_layers * (attn + mlp) + d * cfg.vocab_size
-    return 6 * n_params + 12 * n_layers * LENGTH * cfg.num_heads * cfg.head_dim
-
-
 def part_jax(remat: bool, chunk: int, logits_remat: bool | None) -> dict:
     import jax
     import numpy as np
 
     from rlpt_jax import batch as B
+    from rlpt_jax import metrics as metrics_lib
     from rlpt_jax.algos.losses import LossConfig
     from rlpt_jax.models.embedded import smollm2_dir
     from rlpt_jax.models.hf_io import load_hf
@@ -121,7 +113,7 @@ def part_jax(remat: bool, chunk: int, logits_remat: bool | None) -> dict:
         "tok_s": BATCH * LENGTH / best,
         "step_s": times,
         "first_step_s": first,
-        "flops_per_token": model_flops_per_token(cfg),
+        "flops_per_token": metrics_lib.model_flops_per_token(cfg, LENGTH),
         "peak_mb": _maxrss_mb(),
         "rss_before_step_mb": rss_before,
         "xla_temp_mb": temp_mb,

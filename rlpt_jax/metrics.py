@@ -231,6 +231,17 @@ def model_flops(n_params: int, tokens: int, *, training: bool = True) -> float:
     return (6.0 if training else 2.0) * n_params * tokens
 
 
+def model_flops_per_token(cfg, length: int) -> float:
+    """Model FLOPs per trained token of a ``ModelConfig`` at sequence ``length`` (PaLM
+    appendix B, no causal halving): 6·N for the N parameters used in matmuls (a tied
+    embedding counted once, as the output head) plus 12·L·T·N_heads·H for attention."""
+    d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    attn = d * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+    attn += cfg.num_heads * cfg.head_dim * d
+    n_params = n_layers * (attn + 3 * d * f) + d * cfg.vocab_size
+    return 6 * n_params + 12 * n_layers * length * cfg.num_heads * cfg.head_dim
+
+
 def tokens_per_second(tokens: int, seconds: float) -> float:
     """Tokens processed per wall-clock second."""
     _check_positive(seconds=seconds)

@@ -7,6 +7,21 @@ from collections.abc import Callable
 from rlpt_jax.rollout.tree import TurnSample
 
 
+class TextTokenizer:
+    """Each distinct text is one token id, so decode(encode(text)) == text."""
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def encode(self, text):
+        if text not in self.texts:
+            self.texts.append(text)
+        return [self.texts.index(text) + 10]
+
+    def decode(self, ids, **kwargs):
+        return "".join(self.texts[i - 10] for i in ids)
+
+
 class ScriptedTurnEngine:
     """The engine interface of :class:`rlpt_jax.rollout.tree.TreeRollout`, with row ids
     handed out in order and each turn of row ``r`` given by ``turn(r)``."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scripted_engine import TextTokenizer
 from test_python_tool import make_tool
 from test_train_e2e import _check_run
 
@@ -85,21 +86,6 @@ def test_math_reward_is_a_config_choice():
 # -- the method, with a scripted policy ------------------------------------------------------
 
 
-class _Tok:
-    """Each distinct text is one token id, so decode(encode(text)) == text."""
-
-    def __init__(self):
-        self.texts: list[str] = []
-
-    def encode(self, text):
-        if text not in self.texts:
-            self.texts.append(text)
-        return [self.texts.index(text) + 10]
-
-    def decode(self, ids, **kwargs):
-        return "".join(self.texts[i - 10] for i in ids)
-
-
 class _MathEngine:
     """A row's first turn runs the problem's sum (read from its prompt) in Python; after a
     result, it answers the number the result shows: right on even rows, one too many on
@@ -157,7 +143,7 @@ class _Policy:
     pad_id = 0
 
     def __init__(self):
-        self.tokenizer = _Tok()
+        self.tokenizer = TextTokenizer()
 
     def engine(self, spec, seed):
         return _MathEngine(self.tokenizer)
@@ -184,7 +170,7 @@ def _math_exp(**python_tool):
 @pytest.fixture(scope="module")
 def method():
     make_tool()  # skip (non-root) or fail (root) clearly when bubblewrap cannot run
-    m = methods.AT2POMethod(_math_exp(), _Tok(), use_chat=False)
+    m = methods.AT2POMethod(_math_exp(), TextTokenizer(), use_chat=False)
     yield m
     m.math.verifier.close()
 
@@ -243,7 +229,7 @@ def test_search_demonstrations_refuse_a_python_run():
         {"method": "sft", "sft": {"data": "at2po"}, "env": {"tools": ("python",)}}
     )
     with pytest.raises(ValueError, match="search-QA demonstrations"):
-        methods.SFTMethod(exp, _Tok(), use_chat=False)
+        methods.SFTMethod(exp, TextTokenizer(), use_chat=False)
 
 
 # -- end to end ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scripted_engine import TextTokenizer
 
 from rlpt_jax.algos.tree_credit import CreditConfig
 from rlpt_jax.checkpoint import MANIFEST, verify_manifest
@@ -48,21 +49,6 @@ QUESTION = QAExample("q1", "What is the capital of France?", ("Paris",), "toy")
 
 
 # -- a scripted policy ---------------------------------------------------------------------
-
-
-class _Tok:
-    """Each distinct text is one token id, so decode(encode(text)) == text."""
-
-    def __init__(self):
-        self.texts: list[str] = []
-
-    def encode(self, text):
-        if text not in self.texts:
-            self.texts.append(text)
-        return [self.texts.index(text) + 10]
-
-    def decode(self, ids, **kwargs):
-        return "".join(self.texts[i - 10] for i in ids)
 
 
 class _ScriptedEngine:
@@ -118,7 +104,7 @@ class _ScriptedPolicy:
     pad_id = 0
 
     def __init__(self):
-        self.tokenizer = _Tok()
+        self.tokenizer = TextTokenizer()
 
     def engine(self, spec, seed):
         return _ScriptedEngine(self.tokenizer)
@@ -245,7 +231,7 @@ def test_a_retriever_down_while_building_cold_start_demonstrations_stops_the_run
         }
     )
     with pytest.raises(methods.OutageError, match="train demonstrations.*retriever:8000: 4 of 4"):
-        methods.SFTMethod(exp, _Tok(), use_chat=False)
+        methods.SFTMethod(exp, TextTokenizer(), use_chat=False)
 
 
 def test_outage_config_is_validated():
@@ -266,7 +252,7 @@ class _JudgePolicy:
     def __init__(self):
         from rlpt_jax.data.tasks import END_TAG, START_TAG
 
-        self.tokenizer = _Tok()
+        self.tokenizer = TextTokenizer()
         self.text = f"{START_TAG} The cat slept. {END_TAG}"
         self.pad_id = 0
 
