@@ -156,6 +156,22 @@ def attention(
     raise ValueError(f"attention={impl!r}; expected one of {list(IMPLEMENTATIONS[1:])}")
 
 
+def for_model(cfg, q, keys, values, mask: Mask, kv_layout: str) -> jax.Array:
+    """``attention`` with the implementation, numerics and block size of a ``ModelConfig``
+    (the call both the model's and the sampler's forwards make)."""
+    return attention(
+        q,
+        keys,
+        values,
+        mask,
+        kv_layout=kv_layout,
+        impl=cfg.attention_impl,
+        batch_invariant=cfg.batch_invariant,
+        block_q=cfg.attention_block,
+        block_k=cfg.attention_block,
+    )
+
+
 def dot_product_attention(q, keys, values, mask, kv_layout="BSKH", implementation=None):
     """Through ``jax.nn.dot_product_attention`` (``implementation="cudnn"``: cuDNN's fused
     kernel; None: XLA's, which tests use to pin the layout and mask on CPU)."""

@@ -295,17 +295,7 @@ class Attention(nnx.Module):
         else:
             keys, values, new_cache = k, v, None
 
-        out = attention.attention(
-            q,
-            keys,
-            values,
-            mask,
-            kv_layout="BSKH",
-            impl=cfg.attention_impl,
-            batch_invariant=inv,
-            block_q=cfg.attention_block,
-            block_k=cfg.attention_block,
-        )
+        out = attention.for_model(cfg, q, keys, values, mask, "BSKH")
         n, h = cfg.num_heads, cfg.head_dim
         y = project(out, self.o_proj[...].reshape(n * h, -1), batch_invariant=inv)
         if cfg.o_bias:

@@ -175,17 +175,7 @@ def _attention(attn, x, positions, inv_freq, mask, kc, vc, slots):
     # The cache is [R, K, S, H] so that both attention products read it without a transpose.
     w = mask.k_ord.shape[-1]
     keys, values = kc[:, :, :w].astype(dt), vc[:, :, :w].astype(dt)
-    out = attention.attention(
-        q,
-        keys,
-        values,
-        mask,
-        kv_layout="BKSH",
-        impl=cfg.attention_impl,
-        batch_invariant=inv,
-        block_q=cfg.attention_block,
-        block_k=cfg.attention_block,
-    )
+    out = attention.for_model(cfg, q, keys, values, mask, "BKSH")
     o = attn.o_proj[...]
     y = _project(out, o if inv else o.reshape(n * h, -1), inv)
     if cfg.o_bias:
