@@ -363,7 +363,7 @@ class _SearchR1Server:
 # The training loop with the sampler replaced by the scripted engine (see module docstring).
 DRIVER = """
 import json, sys
-sys.path.insert(0, sys.argv[3])
+sys.path[:0] = [sys.argv[3], sys.argv[4]]
 import test_outages
 from rlpt_jax.rollout.policy import Policy
 from rlpt_jax.train import loop
@@ -393,7 +393,8 @@ def _tiny_at2po(url: str, steps: int, retries: int, **outage) -> dict:
 
 def _train(cfg: dict, workdir: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-c", DRIVER, json.dumps(cfg), str(workdir), str(Path(__file__).parent)]
+    here = Path(__file__).parent  # this module, and tests/ for scripted_engine
+    cmd = [sys.executable, "-c", DRIVER, json.dumps(cfg), str(workdir), str(here), str(here.parent)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
