@@ -98,18 +98,18 @@ def matmul_ceiling(model, bs: int) -> float:
         return w.reshape(w.shape[0], -1)
 
     layers = []
-    for block in model.layers:
-        a, m = block.self_attn, block.mlp
-        o = a.o_proj[...]
+    a, m = model.layers.self_attn, model.layers.mlp  # stacked: [L, ...]
+    for i in range(model.cfg.num_layers):
+        o = a.o_proj[...][i]
         layers.append(
             (
-                mat(a.q_proj[...]),
-                mat(a.k_proj[...]),
-                mat(a.v_proj[...]),
+                mat(a.q_proj[...][i]),
+                mat(a.k_proj[...][i]),
+                mat(a.v_proj[...][i]),
                 o.reshape(-1, o.shape[-1]),
-                m.gate_proj[...],
-                m.up_proj[...],
-                m.down_proj[...],
+                m.gate_proj[...][i],
+                m.up_proj[...][i],
+                m.down_proj[...][i],
             )
         )
     head = model.embed_tokens[...]

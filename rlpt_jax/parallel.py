@@ -37,6 +37,7 @@ TRAIN_RULES: Rules = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),
 )
 
 SAMPLE_RULES: Rules = (
@@ -49,6 +50,7 @@ SAMPLE_RULES: Rules = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),
 )
 
 

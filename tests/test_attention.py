@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rlpt_jax.models import attention as attn
+from rlpt_jax.models.decoder import Cache
 
 B, T, H = 2, 37, 16  # T not a multiple of the blocks: padding inside blockwise
 
@@ -166,16 +167,16 @@ def test_model_update_step_logprobs_and_grads_blockwise_equal_xla():
 def test_sampler_prefill_blockwise_equals_xla():
     """The sampler's cached forward (prefill of 37 tokens into a 64-slot cache, then one
     decode step) through both implementations."""
-    from rlpt_jax.sampling import engine
-
     tokens = jax.random.randint(jax.random.key(5), (B, T), 0, 61)
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     hidden = []
     for model in _models():
-        cache = engine.SampleCache.init(model.cfg, B, 64, jnp.float32)
-        h, cache = engine.forward(model, tokens, positions, cache, jnp.zeros((B,), jnp.int32))
+        cache = Cache.init(model.cfg, B, 64, jnp.float32)
+        h, cache = model.hidden(tokens, positions, cache=cache)
         step = jnp.full((B, 1), 7, jnp.int32)
-        h1, _ = engine.forward(model, step, positions[:, -1:] + 1, cache, jnp.full((B,), T))
+        h1, _ = model.hidden(
+            step, positions[:, -1:] + 1, cache=cache, write_index=jnp.full((B,), T)
+        )
         hidden.append((h, h1))
     for a, b in zip(hidden[1], hidden[0]):
         _close(a, b)

@@ -148,18 +148,24 @@ def test_sampler_weights_are_transposed_projections(tiny_dirs):
     model = load_hf(tiny_dirs["llama3"], batch_invariant=True)  # untied head
     cfg = model.cfg
     held = engine.sampler_weights(model)
-    attn, held_attn = model.layers[0].self_attn, held.layers[0].self_attn
+    # Training: one stacked block, [L, ...]; sampler: one block per layer.
+    attn, held_attn = model.layers.self_attn, held.layers[0].self_attn
     n, h, d = cfg.num_heads, cfg.head_dim, cfg.hidden_size
     same = np.testing.assert_array_equal
-    same(held_attn.q_proj[...], np.asarray(attn.q_proj[...]).reshape(d, -1).T)
-    same(held_attn.o_proj[...], np.asarray(attn.o_proj[...]).reshape(n * h, d).T)
-    same(held.layers[1].mlp.down_proj[...], model.layers[1].mlp.down_proj[...].T)
+    same(held_attn.q_proj[...], np.asarray(attn.q_proj[...][0]).reshape(d, -1).T)
+    same(held_attn.o_proj[...], np.asarray(attn.o_proj[...][0]).reshape(n * h, d).T)
+    same(held.layers[1].mlp.down_proj[...], model.layers.mlp.down_proj[...][1].T)
+    assert held_attn.q_proj.get_metadata()["logical_axes"] == ("q_heads", "embed")
+    assert held.weights_transposed and not model.weights_transposed
     np.testing.assert_array_equal(held.lm_head[...], model.lm_head[...].T)
     assert held.lm_head.get_metadata()["logical_axes"] == ("vocab", "embed")
-    assert attn.q_proj[...].shape == (d, n, h)  # the training model is left as it was
+    assert attn.q_proj[...].shape == (cfg.num_layers, d, n, h)  # the training model is as it was
     np.testing.assert_array_equal(held.embed_tokens[...], model.embed_tokens[...])
     fast = load_hf(tiny_dirs["llama3"])
-    assert engine.sampler_weights(fast) is fast
+    held = engine.sampler_weights(fast)  # only unstacked
+    assert not held.weights_transposed and len(held.layers) == cfg.num_layers
+    same(held.layers[1].self_attn.q_proj[...], fast.layers.self_attn.q_proj[...][1])
+    assert held.lm_head[...] is fast.lm_head[...]
 
 
 def test_set_model_equals_a_fresh_sampler(tiny_dirs):

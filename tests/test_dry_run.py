@@ -26,8 +26,9 @@ def test_paper_config_plan_fits_an_80gb_gpu():
     out = proc.stdout
     assert "qwen3 8.19B parameters, 8 cpu devices" in out
     assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" in out
-    # q_proj [D=4096, N=32, H=128] is split over fsdp along D: 512 rows per device
-    assert "(4096, 32, 128)  P('fsdp', None, None)" in out and "(512, 32, 128)" in out
+    # q_proj [L=36, D=4096, N=32, H=128] is split over fsdp along D: 512 rows per device
+    assert "(36, 4096, 32, 128)  P(None, 'fsdp', None, None)" in out
+    assert "(36, 512, 32, 128)" in out
     assert "per-device memory estimate" in out and "sampler KV cache" in out
 
 

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 from hf_fixtures import right_padded_batch, save_tiny
 from rlpt_jax import parallel
 from rlpt_jax.models.config import ConfigError
-from rlpt_jax.models.decoder import KVCache
+from rlpt_jax.models.decoder import Cache
 from rlpt_jax.models.hf_io import CheckpointError, export_hf, load_hf
 
 
@@ -80,7 +80,7 @@ def test_kv_cache_decode_matches_full_forward(kind, tmp_path):
     tokens, mask = right_padded_batch(model.cfg.vocab_size, lengths=(11, 7, 4))
     full = _forward(model, tokens, mask)
     b, t = tokens.shape
-    cache = KVCache.init(model.cfg, b, 16)
+    cache = Cache.init(model.cfg, b, 16)
     step_logits = np.zeros_like(full)
     for i in range(t):
         real = mask[:, i].astype(bool)
@@ -104,7 +104,7 @@ def test_prefill_then_decode_matches_full_forward(tmp_path):
     lengths = mask.sum(1)
     b = tokens.shape[0]
     prompt = 4
-    cache = KVCache.init(model.cfg, b, 12)
+    cache = Cache.init(model.cfg, b, 12)
     pos = np.broadcast_to(np.arange(prompt), (b, prompt))
     _, cache = model(jnp.asarray(tokens[:, :prompt]), jnp.asarray(pos), cache=cache)
     for i in range(prompt, lengths.max()):
@@ -128,13 +128,13 @@ def test_sharded_import_and_forward_equal_single_device(tmp_path):
     sharded = load_hf(path, mesh=mesh)
 
     # Parameters really are sharded as the rules say.
-    q = sharded.layers[0].self_attn.q_proj[...]  # [D=48, N=6, H=8]: embed->fsdp, heads->tensor
-    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
-    assert q.addressable_shards[0].data.shape == (24, 3, 8)
+    q = sharded.layers.self_attn.q_proj[...]  # [L=2, D=48, N=6, H=8]: embed->fsdp, heads->tensor
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+    assert q.addressable_shards[0].data.shape == (2, 24, 3, 8)
     emb = sharded.embed_tokens[...]  # [V=97, D=48]: vocab not divisible by 2 -> replicated
     assert emb.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
-    gate = sharded.layers[1].mlp.gate_proj[...]
-    assert gate.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    gate = sharded.layers.mlp.gate_proj[...]
+    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
 
     tokens, mask = right_padded_batch(single.cfg.vocab_size, lengths=(11, 7, 4, 9))
     ref = _forward(single, tokens, mask)
@@ -223,13 +223,13 @@ def test_sharded_checkpoint_with_missing_shard(tmp_path):
 
 def test_cache_write_past_the_end_never_overwrites_earlier_slots(tmp_path):
     model = load_hf(save_tiny("qwen3", tmp_path / "q3"))
-    cache = KVCache.init(model.cfg, 1, 4)
+    cache = Cache.init(model.cfg, 1, 4)
     tok = jnp.asarray([[5, 6, 7]])
     _, cache = model(tok, jnp.asarray([[0, 1, 2]]), cache=cache)
-    before = np.asarray(cache.k[:, :, :3])
+    before = np.stack(cache.k)[..., :3, :]  # [L, B, K, S, H]
     # 3 tokens written at slot 2 of a 4-slot cache: slot 2 and 3 are written, the rest dropped
     _, cache = model(
         tok, jnp.asarray([[2, 3, 4]]), cache=cache, write_index=jnp.asarray([2], jnp.int32)
     )
-    np.testing.assert_array_equal(np.asarray(cache.k[:, :, :2]), before[:, :, :2])
+    np.testing.assert_array_equal(np.stack(cache.k)[..., :2, :], before[..., :2, :])
     np.testing.assert_array_equal(np.asarray(cache.pos), [[0, 1, 2, 3]])

@@ -10,16 +10,14 @@ from scipy import stats
 from hf_fixtures import hf_greedy, save_tiny, tiny_hf_model
 from rlpt_jax import parallel
 from rlpt_jax.models.config import ModelConfig
-from rlpt_jax.models.decoder import Decoder, KVCache
+from rlpt_jax.models.decoder import Cache, Decoder
 from rlpt_jax.models.hf_io import load_hf
 from rlpt_jax.sampling import (
     TRACE_COUNTS,
-    SampleCache,
     Sampler,
     SamplerConfig,
     SamplerError,
     SamplingParams,
-    engine,
 )
 from rlpt_jax.sampling import sample as sample_lib
 
@@ -155,9 +153,9 @@ def _known_logits_model(target: np.ndarray) -> Decoder:
     )
     model = Decoder(cfg, rngs=nnx.Rngs(0))
     model.embed_tokens[...] = jnp.ones((v, 8))
-    for block in model.layers:
-        block.self_attn.o_proj[...] = jnp.zeros_like(block.self_attn.o_proj[...])
-        block.mlp.down_proj[...] = jnp.zeros_like(block.mlp.down_proj[...])
+    layers = model.layers  # stacked: every layer at once
+    layers.self_attn.o_proj[...] = jnp.zeros_like(layers.self_attn.o_proj[...])
+    layers.mlp.down_proj[...] = jnp.zeros_like(layers.mlp.down_proj[...])
     head = np.zeros((8, v), np.float32)
     head[0] = target
     model.lm_head[...] = jnp.asarray(head)
@@ -227,30 +225,6 @@ def test_tiny_families_greedy_and_logprobs_strict(kind, tmp_path, one_torch_thre
         for out in (g, s):
             ref_lp = _training_logprobs(model, prompt, out.tokens)
             np.testing.assert_allclose(out.logprobs, ref_lp, atol=1e-5, rtol=0)
-
-
-def test_sampler_forward_equals_decoder_cached_forward(tiny):
-    """The sampler's per-layer cache forward against Decoder.hidden with a KVCache."""
-    cfg = tiny.cfg
-    tokens = jnp.asarray([[3, 4, 5, 6, 0, 0], [7, 8, 9, 10, 11, 12]], jnp.int32)
-    positions = jnp.asarray([[0, 1, 2, 3, -1, -1], [0, 1, 2, 3, 4, 5]], jnp.int32)
-    write = jnp.zeros(2, jnp.int32)
-    hidden = nnx.jit(lambda m, *a, **k: m.hidden(*a, **k))
-    fwd = nnx.jit(engine.forward)
-    ref_h, ref_cache = hidden(
-        tiny, tokens, positions, cache=KVCache.init(cfg, 2, 16), write_index=write
-    )
-    h, cache = fwd(tiny, tokens, positions, SampleCache.init(cfg, 2, 16, jnp.float32), write)
-    np.testing.assert_allclose(h, ref_h, atol=1e-5)
-    kv = cache.to_kv()
-    np.testing.assert_array_equal(kv.pos, ref_cache.pos)
-    np.testing.assert_allclose(kv.k, ref_cache.k, atol=1e-5)
-    # one decode step per row at its own length
-    step_tok = jnp.asarray([[13], [14]], jnp.int32)
-    step_pos = jnp.asarray([[4], [6]], jnp.int32)
-    ref_h, _ = hidden(tiny, step_tok, step_pos, cache=ref_cache, write_index=step_pos[:, 0])
-    h, _ = fwd(tiny, step_tok, step_pos, cache, step_pos[:, 0])
-    np.testing.assert_allclose(h, ref_h, atol=1e-5)
 
 
 # ---------------------------------------------------------------- sessions on the tiny model
@@ -338,7 +312,7 @@ def test_same_bucket_does_not_recompile_and_new_bucket_does(tiny_sampler):
 def test_bfloat16_cache_halves_kv_bytes(tiny, tiny_sampler):
     s32 = tiny_sampler
     s16 = Sampler(tiny, config=SamplerConfig(cache_dtype="bfloat16"))
-    kv = lambda s: engine.SampleCache.nbytes(tiny.cfg, 8, 64, s.cache_dtype)  # noqa: E731
+    kv = lambda s: Cache.nbytes(tiny.cfg, 8, 64, s.cache_dtype)  # noqa: E731
     pos = 8 * 64 * 4
     assert kv(s32) - pos == 2 * (kv(s16) - pos)
     params = SamplingParams(max_new_tokens=4, temperature=0.0)

@@ -285,7 +285,7 @@ def test_sharded_step_equals_single_device(remat):
     for want, got in zip(flat_expected, flat_actual, strict=True):
         assert got.sharding.is_equivalent_to(want, got.ndim), (got.sharding, want)
         sharded += not got.sharding.is_fully_replicated
-    assert sharded >= 10  # embeddings, projections and MLPs are split over fsdp/tensor
+    assert sharded >= 8  # the embedding and the 7 stacked projections: split over fsdp/tensor
     emb = state.params["embed_tokens"].get_value()
     assert emb.sharding.spec == PartitionSpec("tensor", "fsdp")
     mu = state.opt_state[1][0].mu["embed_tokens"].get_value()
@@ -329,21 +329,20 @@ def test_batch_is_a_pytree():
     assert dataclasses.is_dataclass(b)
 
 
-def test_scanned_hidden_equals_model_hidden():
-    """The remat path (layers under lax.scan) computes the model's own forward and gradient."""
+def test_remat_hidden_equals_plain_hidden():
+    """The remat path (each scanned layer recomputed in the backward pass) gives the same
+    forward and gradient as the plain one."""
     model = init_model(CFG, 4)
     b = _batch(packed=True)
     args = (jnp.asarray(b.tokens), jnp.asarray(b.positions), jnp.asarray(b.segment_ids))
     ref, _ = model.hidden(args[0], args[1], segment_ids=args[2])
-    np.testing.assert_allclose(ST.scanned_hidden(model, *args), ref, atol=1e-6)
+    remat, _ = model.hidden(args[0], args[1], segment_ids=args[2], remat=True)
+    np.testing.assert_allclose(remat, ref, atol=1e-6)
     graphdef, params = nnx.split(model, nnx.Param)
 
-    def loss(params, scanned):
+    def loss(params, remat):
         m = nnx.merge(graphdef, params)
-        if scanned:
-            h = ST.scanned_hidden(m, *args)
-        else:
-            h = m.hidden(args[0], args[1], segment_ids=args[2])[0]
+        h = m.hidden(args[0], args[1], segment_ids=args[2], remat=remat)[0]
         return jnp.mean(jnp.sin(h))
 
     g_ref = nnx.to_pure_dict(jax.grad(loss)(params, False))

@@ -17,6 +17,17 @@ decode and forked branches:
   A padding query (position -1) writes an empty slot and its output is garbage that the
   caller ignores. Masked logits use a large finite negative so no row is ever NaN.
 
+Layers. Training holds the L layers as one ``Block`` with stacked [L, ...] parameters
+(``stacked_blocks``) and runs them with ``lax.scan``: nothing is stacked per step, and a
+rematerialised scan keeps only each layer's input (a Python-loop remat saves nothing on
+XLA:CPU, which merges the recomputation back into the forward pass). A cached forward
+(prefill, decode) runs the same layer body one layer at a time over per-layer weights and
+per-layer cache arrays: the sampler holds its copy of the weights unstacked
+(``unstacked``, via ``rlpt_jax.sampling.engine.sampler_weights``), because on XLA:CPU a
+slice of stacked weights is a copy and a cache carried through a scan is copied too, which
+a decode step cannot afford (SmolLM2-135M, 2-core Xeon: ~30% fewer tokens/s at batch 1,
+~10% at batch 16, measured while writing this).
+
 Batch invariance (``ModelConfig.batch_invariant``). On XLA:CPU, float32 results depend on
 the shapes an op runs at: a matmul of a few rows (a decode step) sums over the contracted
 axis in another order than one of many rows (a training forward), and so do reductions
@@ -57,23 +68,26 @@ def _dtype(name: str):
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
-class KVCache:
-    """Explicit KV cache, passed into and returned from the model.
+class Cache:
+    """The KV cache, passed into and returned from the model.
 
-    k, v: [L, B, S, K, H] in the cache dtype; pos: [B, S] int32 position id of the token in
-    each slot, -1 where empty. Forking a prefix into branches is a gather along B.
+    k, v: one [B, K, S, H] array per layer, in the cache dtype (kv heads before slots, so
+    that both attention products read a layer's cache without a transpose; one array per
+    layer, so that a layer's write is an in-place scatter into its own buffer); pos: [B, S]
+    int32 position of the token in each slot, -1 where empty. Forking a prefix into branches
+    is a gather along B.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     pos: jax.Array
 
     @classmethod
-    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> Cache:
+        shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
         return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+            v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
             pos=jnp.full((batch, length), -1, jnp.int32),
         )
 
@@ -82,9 +96,19 @@ class KVCache:
         per = cfg.num_layers * batch * length * cfg.num_kv_heads * cfg.head_dim
         return 2 * per * jnp.dtype(dtype).itemsize + batch * length * 4
 
-    def take(self, rows: jax.Array) -> KVCache:
+    def take(self, rows: jax.Array) -> Cache:
         """Rows ``rows`` of the cache (fork: the same row repeated)."""
-        return KVCache(k=self.k[:, rows], v=self.v[:, rows], pos=self.pos[rows])
+        return Cache(
+            k=tuple(x[rows] for x in self.k), v=tuple(x[rows] for x in self.v), pos=self.pos[rows]
+        )
+
+    def put(self, rows: jax.Array, sub: Cache) -> Cache:
+        """Rows ``rows`` replaced by ``sub``; out-of-range row indices are dropped."""
+        return Cache(
+            k=tuple(x.at[rows].set(s, mode="drop") for x, s in zip(self.k, sub.k, strict=True)),
+            v=tuple(x.at[rows].set(s, mode="drop") for x, s in zip(self.v, sub.v, strict=True)),
+            pos=self.pos.at[rows].set(sub.pos, mode="drop"),
+        )
 
 
 def in_float64(fn, *args, keep: tuple[int, ...] = ()):
@@ -270,13 +294,17 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=inv)
             self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=inv)
 
-    def __call__(self, x, positions, inv_freq, mask, layer_cache):
+    def __call__(self, x, positions, inv_freq, mask, cache: LayerCache | None, transposed: bool):
+        """x [B, T, D] → ([B, T, D], the cache with this layer's k and v written).
+
+        transposed: the projections are held [out, in] (``Decoder.weights_transposed``)."""
         cfg = self.cfg
         dt = x.dtype
         inv = cfg.batch_invariant
-        q = project(x, self.q_proj[...], batch_invariant=inv)  # [B, T, N, H]
-        k = project(x, self.k_proj[...], batch_invariant=inv)  # [B, T, K, H]
-        v = project(x, self.v_proj[...], batch_invariant=inv)
+        n, kk, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = _project(x, self.q_proj[...], inv, transposed, (n, h))  # [B, T, N, H]
+        k = _project(x, self.k_proj[...], inv, transposed, (kk, h))  # [B, T, K, H]
+        v = _project(x, self.v_proj[...], inv, transposed, (kk, h))
         if cfg.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -286,34 +314,53 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, inv_freq, batch_invariant=inv)
         k = apply_rope(k, positions, inv_freq, batch_invariant=inv)
 
-        if layer_cache is not None:
-            ck, cv, write_idx = layer_cache
-            ck = _write_rows(ck, k.astype(ck.dtype), write_idx)
-            cv = _write_rows(cv, v.astype(cv.dtype), write_idx)
-            keys, values = ck.astype(dt), cv.astype(dt)
-            new_cache = (ck, cv)
+        if cache is None:
+            out = attention.for_model(cfg, q, k, v, mask, "BSKH")
         else:
-            keys, values, new_cache = k, v, None
-
-        out = attention.for_model(cfg, q, keys, values, mask, "BSKH")
-        n, h = cfg.num_heads, cfg.head_dim
-        y = project(out, self.o_proj[...].reshape(n * h, -1), batch_invariant=inv)
+            cache = cache.write(k, v)
+            w = mask.k_ord.shape[-1]  # the window of slots this call reads
+            keys, values = cache.read(w)
+            out = attention.for_model(cfg, q, keys.astype(dt), values.astype(dt), mask, "BKSH")
+        o = self.o_proj[...]
+        y = _project(out, o if transposed else o.reshape(n * h, -1), inv, transposed)
         if cfg.o_bias:
             y = y + self.o_bias[...].astype(dt)
-        return y, new_cache
+        return y, cache
 
 
-def _write_rows(cache: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
-    """cache [B, S, ...] ← new [B, T, ...] at per-row slot offsets start [B].
+def _project(x, w, batch_invariant: bool, transposed: bool, out_shape=()):
+    """x [B, T, D] through a projection weight held [D, *out] or, ``transposed``, [out, D]."""
+    if not transposed:
+        return project(x, w, batch_invariant=batch_invariant)
+    y = project_transposed(x, w)
+    return y.reshape(*y.shape[:2], *out_shape) if out_shape else y
 
-    Slots past the end are dropped rather than clamped: ``dynamic_update_slice`` would
-    shift an overflowing write back to S − T and silently overwrite earlier tokens.
-    """
 
-    def one(c, n, s):
-        return c.at[s + jnp.arange(n.shape[0])].set(n, mode="drop")
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LayerCache:
+    """One layer's part of a ``Cache``: its k and v [B, K, S, H] and the slots [B, T] that
+    the call's tokens go to."""
 
-    return jax.vmap(one)(cache, new, start)
+    k: jax.Array
+    v: jax.Array
+    slots: jax.Array
+
+    def write(self, k: jax.Array, v: jax.Array) -> LayerCache:
+        """k, v [B, T, K, H] into the slots; slots past the end are dropped (a clamped
+        write would silently overwrite earlier tokens)."""
+        rows = jnp.arange(k.shape[0])[:, None]
+        # [B, T] index pairs around the K slice put the [B, T] dims first: [B, T, K, H].
+        s = self.slots
+        return dataclasses.replace(
+            self,
+            k=self.k.at[rows, :, s].set(k.astype(self.k.dtype), mode="drop"),
+            v=self.v.at[rows, :, s].set(v.astype(self.v.dtype), mode="drop"),
+        )
+
+    def read(self, window: int) -> tuple[jax.Array, jax.Array]:
+        """Keys and values of the first ``window`` slots, [B, K, window, H]."""
+        return self.k[:, :, :window], self.v[:, :, :window]
 
 
 class MLP(nnx.Module):
@@ -328,12 +375,13 @@ class MLP(nnx.Module):
         self.up_proj = _param(init, rngs, (d, f), pd, ("embed", "mlp"))
         self.down_proj = _param(init, rngs, (f, d), pd, ("mlp", "embed"))
 
-    def __call__(self, x):
+    def __call__(self, x, transposed: bool = False):
         dt = x.dtype
         if self.batch_invariant:
-            g = project(x, self.gate_proj[...], batch_invariant=True)
-            u = project(x, self.up_proj[...], batch_invariant=True)
-            return project(jax.nn.silu(g) * u, self.down_proj[...], batch_invariant=True)
+            inv = self.batch_invariant
+            g = _project(x, self.gate_proj[...], inv, transposed)
+            u = _project(x, self.up_proj[...], inv, transposed)
+            return _project(jax.nn.silu(g) * u, self.down_proj[...], inv, transposed)
         return swiglu(
             x,
             self.gate_proj[...].astype(dt),
@@ -389,19 +437,58 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(d, eps, pd, rngs=rngs, batch_invariant=inv)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, positions, inv_freq, mask, layer_cache):
+    def __call__(self, x, positions, inv_freq, mask, cache, transposed):
         h = self.input_layernorm(x)
-        a, new_cache = self.self_attn(h, positions, inv_freq, mask, layer_cache)
+        a, cache = self.self_attn(h, positions, inv_freq, mask, cache, transposed)
         x = x + a
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, new_cache
+        x = x + self.mlp(self.post_attention_layernorm(x), transposed)
+        return x, cache
+
+
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """One ``Block`` whose every parameter has a leading [L] axis (logical axis "layers"),
+    the layers initialised one after another from ``rngs``."""
+    blocks = [Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(b) for b in blocks))
+    flat = [
+        (path, var.replace(logical_axes=("layers", *var.get_metadata()["logical_axes"])))
+        for path, var in nnx.to_flat_state(stacked)
+    ]
+    return nnx.merge(nnx.graphdef(blocks[0]), nnx.from_flat_state(flat))
+
+
+def unstacked(layers: Block | nnx.List) -> nnx.List:
+    """``Decoder.layers`` as a list of L blocks with their own arrays (a list is returned as
+    is): the stacked parameters sliced along [L], "layers" dropped from their logical axes."""
+    if isinstance(layers, nnx.List):
+        return layers
+    graphdef, state = nnx.split(layers)
+    flat = nnx.to_flat_state(state)
+    n = flat[0][1].get_value().shape[0]
+
+    def one(i):
+        return nnx.from_flat_state(
+            [
+                (path, var.replace(var.get_value()[i], logical_axes=var.logical_axes[1:]))
+                for path, var in flat
+            ]
+        )
+
+    return nnx.List([nnx.merge(graphdef, one(i)) for i in range(n)])
 
 
 class Decoder(nnx.Module):
-    """The language model. ``__call__`` returns (logits [B, T, V] float32, cache or None)."""
+    """The language model. ``__call__`` returns (logits [B, T, V] float32, cache or None).
+
+    The layers are one stacked ``Block`` (``stacked_blocks``) run by ``lax.scan``: training,
+    scoring, prefill and decode all go through ``hidden``. ``weights_transposed`` (set by
+    ``rlpt_jax.sampling.engine.sampler_weights`` on the sampler's copy of a batch-invariant
+    model) says that projections and an untied head are held [out, in].
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
+        self.weights_transposed = False
         pd = _dtype(cfg.param_dtype)
         self.embed_tokens = _param(
             nnx.initializers.normal(0.02),
@@ -410,7 +497,7 @@ class Decoder(nnx.Module):
             pd,
             ("vocab", "embed"),
         )
-        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = stacked_blocks(cfg, rngs)
         self.norm = RMSNorm(
             cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=cfg.batch_invariant
         )
@@ -429,16 +516,22 @@ class Decoder(nnx.Module):
         positions: jax.Array,
         *,
         segment_ids: jax.Array | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         write_index: jax.Array | None = None,
+        window: int | None = None,
         remat: bool = False,
-    ) -> tuple[jax.Array, KVCache | None]:
+    ) -> tuple[jax.Array, Cache | None]:
         """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache.
 
         tokens, positions: [B, T] int. Without a cache, ``segment_ids`` [B, T] (0 = padding;
         default all ones) restricts attention to the same segment, causally. With a cache,
         the T tokens are written at per-row slots ``write_index .. write_index+T`` ([B];
-        default 0) and attend to every filled slot whose position is not later than theirs.
+        default 0; slots past the end are dropped) and attend to every filled slot whose
+        position is not later than theirs; ``window``: read only the first ``window`` slots
+        (None: all), enough when every query's position is below it (slot = position in the
+        sampler). ``remat``: recompute each layer in the backward pass; inside the scan only
+        the layer inputs [L, B, T, D] are kept (a Python-loop remat saves nothing on XLA:CPU,
+        which merges the recomputation back into the forward pass).
         """
         cfg = self.cfg
         dt = _dtype(cfg.dtype)
@@ -449,45 +542,61 @@ class Decoder(nnx.Module):
         if cache is None:
             seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
             mask = attention.Mask.causal(seg)
-            new_pos = None
+            slots, pos = None, None
         else:
             if write_index is None:
                 write_index = jnp.zeros((b,), jnp.int32)
-            new_pos = _write_rows(cache.pos, positions.astype(jnp.int32), write_index)
-            mask = attention.Mask.cached(positions, new_pos)
+            slots = write_index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+            rows = jnp.arange(b)[:, None]
+            pos = cache.pos.at[rows, slots].set(positions.astype(jnp.int32), mode="drop")
+            mask = attention.Mask.cached(positions, pos[:, :window])
 
-        def run_block(block, x, layer_cache):
-            return block(x, positions, inv_freq, mask, layer_cache)
+        transposed = self.weights_transposed
 
-        if remat:
-            run_block = nnx.remat(run_block)
+        def layer(block, x, lc):
+            return block(x, positions, inv_freq, mask, lc, transposed)
 
-        new_k, new_v = [], []
-        for i, block in enumerate(self.layers):
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i], write_index)
-            x, lc = run_block(block, x, layer_cache)
-            if lc is not None:
-                new_k.append(lc[0])
-                new_v.append(lc[1])
-        x = self.norm(x)
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), pos=new_pos)
-        return x, new_cache
+        if cache is not None or isinstance(self.layers, nnx.List):
+            # One layer at a time, each with its own weights and cache arrays (module
+            # docstring, "Layers"): the sampler's copy, or a stacked model sliced per call.
+            new_k, new_v = [], []
+            run = nnx.remat(layer) if remat else layer
+            for i, block in enumerate(unstacked(self.layers)):
+                lc = None if cache is None else LayerCache(cache.k[i], cache.v[i], slots)
+                x, lc = run(block, x, lc)
+                if lc is not None:
+                    new_k.append(lc.k)
+                    new_v.append(lc.v)
+            kv = (tuple(new_k), tuple(new_v))
+        else:
+            layer_def, layer_params = nnx.split(self.layers)
+
+            def body(x, params):
+                return layer(nnx.merge(layer_def, params), x, None)[0], None
+
+            if remat:
+                body = jax.checkpoint(body)
+            x, _ = jax.lax.scan(body, x, layer_params)
+        new_cache = None if cache is None else Cache(k=kv[0], v=kv[1], pos=pos)
+        return self.norm(x), new_cache
 
     def unembed_matrix(self) -> jax.Array:
         """[D, V] output projection (the transposed embedding when tied)."""
         if self.cfg.tie_word_embeddings:
             return self.embed_tokens[...].T
+        if self.weights_transposed:
+            return self.lm_head[...].T
         return self.lm_head[...]
 
     def logits(self, h: jax.Array) -> jax.Array:
-        """h [..., D] → float32 logits [..., V]; the tied embedding is contracted as stored
-        [V, D], without materialising its transpose."""
+        """h [..., D] → float32 logits [..., V]; the tied embedding (and a transposed head) is
+        contracted as stored [V, D], without materialising its transpose."""
         if self.cfg.tie_word_embeddings:
             w = self.embed_tokens[...].astype(h.dtype)
             return jnp.einsum("...D,VD->...V", h, w).astype(jnp.float32)
         w = self.lm_head[...].astype(h.dtype)
+        if self.weights_transposed:
+            return logits_transposed(h, w)
         if self.cfg.batch_invariant:  # contract [V, D], as the tied head does
             return logits_transposed(h, jax.lax.optimization_barrier(w.T))
         return jnp.einsum("...D,DV->...V", h, w).astype(jnp.float32)
@@ -501,6 +610,7 @@ class Decoder(nnx.Module):
         attention_mask=None,
         cache=None,
         write_index=None,
+        window=None,
         remat=False,
     ):
         if attention_mask is not None:
@@ -513,6 +623,7 @@ class Decoder(nnx.Module):
             segment_ids=segment_ids,
             cache=cache,
             write_index=write_index,
+            window=window,
             remat=remat,
         )
         return self.logits(h), cache

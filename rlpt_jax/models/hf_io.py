@@ -56,6 +56,7 @@ class _Mapping:
     hf_shape: tuple[int, ...]
     to_ours: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray]
+    layer: int | None = None  # index along the stacked [L] axis of ``Decoder.layers``
 
 
 def _ident(x):
@@ -84,13 +85,14 @@ def tensor_mappings(cfg: ModelConfig) -> dict[str, _Mapping]:
     m["model.norm.weight"] = _Mapping(("norm", "weight"), (d,), _ident, _ident)
     if not cfg.tie_word_embeddings:
         m["lm_head.weight"] = _Mapping(("lm_head",), (v, d), *linear())
+    layer: dict[str, _Mapping] = {}
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
-        at = ("layers", i, "self_attn")
-        m[p + "self_attn.q_proj.weight"] = _Mapping((*at, "q_proj"), (n * h, d), *proj_in(n))
-        m[p + "self_attn.k_proj.weight"] = _Mapping((*at, "k_proj"), (k * h, d), *proj_in(k))
-        m[p + "self_attn.v_proj.weight"] = _Mapping((*at, "v_proj"), (k * h, d), *proj_in(k))
-        m[p + "self_attn.o_proj.weight"] = _Mapping(
+        at = ("layers", "self_attn")
+        layer[p + "self_attn.q_proj.weight"] = _Mapping((*at, "q_proj"), (n * h, d), *proj_in(n))
+        layer[p + "self_attn.k_proj.weight"] = _Mapping((*at, "k_proj"), (k * h, d), *proj_in(k))
+        layer[p + "self_attn.v_proj.weight"] = _Mapping((*at, "v_proj"), (k * h, d), *proj_in(k))
+        layer[p + "self_attn.o_proj.weight"] = _Mapping(
             (*at, "o_proj"),
             (d, n * h),
             lambda w: w.T.reshape(n, h, d),
@@ -98,31 +100,33 @@ def tensor_mappings(cfg: ModelConfig) -> dict[str, _Mapping]:
         )
         if cfg.qkv_bias:
             for name, heads in (("q", n), ("k", k), ("v", k)):
-                m[p + f"self_attn.{name}_proj.bias"] = _Mapping(
+                layer[p + f"self_attn.{name}_proj.bias"] = _Mapping(
                     (*at, f"{name}_bias"),
                     (heads * h,),
                     lambda b, heads=heads: b.reshape(heads, h),
                     lambda b: b.reshape(-1),
                 )
         if cfg.o_bias:
-            m[p + "self_attn.o_proj.bias"] = _Mapping((*at, "o_bias"), (d,), _ident, _ident)
+            layer[p + "self_attn.o_proj.bias"] = _Mapping((*at, "o_bias"), (d,), _ident, _ident)
         if cfg.qk_norm:
-            m[p + "self_attn.q_norm.weight"] = _Mapping(
+            layer[p + "self_attn.q_norm.weight"] = _Mapping(
                 (*at, "q_norm", "weight"), (h,), _ident, _ident
             )
-            m[p + "self_attn.k_norm.weight"] = _Mapping(
+            layer[p + "self_attn.k_norm.weight"] = _Mapping(
                 (*at, "k_norm", "weight"), (h,), _ident, _ident
             )
-        ml = ("layers", i, "mlp")
-        m[p + "mlp.gate_proj.weight"] = _Mapping((*ml, "gate_proj"), (f, d), *linear())
-        m[p + "mlp.up_proj.weight"] = _Mapping((*ml, "up_proj"), (f, d), *linear())
-        m[p + "mlp.down_proj.weight"] = _Mapping((*ml, "down_proj"), (d, f), *linear())
-        m[p + "input_layernorm.weight"] = _Mapping(
-            ("layers", i, "input_layernorm", "weight"), (d,), _ident, _ident
+        ml = ("layers", "mlp")
+        layer[p + "mlp.gate_proj.weight"] = _Mapping((*ml, "gate_proj"), (f, d), *linear())
+        layer[p + "mlp.up_proj.weight"] = _Mapping((*ml, "up_proj"), (f, d), *linear())
+        layer[p + "mlp.down_proj.weight"] = _Mapping((*ml, "down_proj"), (d, f), *linear())
+        layer[p + "input_layernorm.weight"] = _Mapping(
+            ("layers", "input_layernorm", "weight"), (d,), _ident, _ident
         )
-        m[p + "post_attention_layernorm.weight"] = _Mapping(
-            ("layers", i, "post_attention_layernorm", "weight"), (d,), _ident, _ident
+        layer[p + "post_attention_layernorm.weight"] = _Mapping(
+            ("layers", "post_attention_layernorm", "weight"), (d,), _ident, _ident
         )
+        m.update({name: dataclasses.replace(mp, layer=i) for name, mp in layer.items()})
+        layer.clear()
     return m
 
 
@@ -264,14 +268,20 @@ def load_hf(
     np_dtype = _NP_DTYPES[cfg.param_dtype]
 
     handles = {f: _open_safetensors(f) for f in set(files.values())}
+    by_param: dict[tuple, list[tuple[str, _Mapping]]] = {}
     for name, mp in tensor_mappings(cfg).items():
-        host = np.ascontiguousarray(mp.to_ours(handles[files[name]].get_tensor(name)))
-        host = host.astype(np_dtype)
-        var = flat[mp.path]
+        by_param.setdefault(mp.path, []).append((name, mp))
+    for path, parts in by_param.items():
+        # A stacked layer parameter gathers its L tensors, one at a time per parameter.
+        pieces = [mp.to_ours(handles[files[name]].get_tensor(name)) for name, mp in parts]
+        host = pieces[0] if parts[0][1].layer is None else np.stack(pieces)
+        host = np.ascontiguousarray(host.astype(np_dtype))
+        del pieces
+        var = flat[path]
         if flat_sh is None:
             arr = jnp.asarray(host)
         else:
-            sharding = flat_sh[mp.path].get_value()
+            sharding = flat_sh[path].get_value()
             arr = jax.make_array_from_callback(host.shape, sharding, lambda idx, a=host: a[idx])
         var.set_value(arr)
     if cfg.tie_word_embeddings and "lm_head.weight" in files:
@@ -310,8 +320,14 @@ def export_hf(
     out.mkdir(parents=True, exist_ok=True)
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     tensors = {}
-    for name, mp in tensor_mappings(cfg).items():
-        tensors[name] = np.ascontiguousarray(mp.to_hf(_to_host(flat[mp.path].get_value())))
+    mappings = tensor_mappings(cfg)
+    for path, var in flat.items():  # one parameter on the host at a time
+        value = _to_host(var.get_value())
+        for name, mp in mappings.items():
+            if mp.path == path:
+                part = value if mp.layer is None else value[mp.layer]
+                tensors[name] = np.ascontiguousarray(mp.to_hf(part))
+    tensors = {name: tensors[name] for name in mappings}  # Hugging Face's order
 
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0

@@ -1,6 +1,6 @@
 """Sampling: jitted prefill/decode over a persistent KV cache, forking, stop strings."""
 
-from rlpt_jax.sampling.engine import TRACE_COUNTS, SampleCache
+from rlpt_jax.sampling.engine import TRACE_COUNTS
 from rlpt_jax.sampling.sample import SamplingParams
 from rlpt_jax.sampling.sampler import (
     FINISH_REASONS,
@@ -16,7 +16,6 @@ __all__ = [
     "FINISH_REASONS",
     "TRACE_COUNTS",
     "Sample",
-    "SampleCache",
     "Sampler",
     "SamplerConfig",
     "SamplerError",

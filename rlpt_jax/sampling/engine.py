@@ -4,15 +4,10 @@ Shape legend: B cache rows, R rows of one prefill call, T new tokens per row, C 
 per chunk, S cache slots, D model width, N query heads, K kv heads, G = N / K, H head dim,
 V vocab, L layers.
 
-Why the sampler has its own cached forward instead of calling ``Decoder.hidden`` with a
-``KVCache``: that path slices every layer out of the stacked [L, B, S, K, H] cache and stacks
-the layers back after each call, so a decode step copies the whole cache (measured on
-SmolLM2-135M, batch 16, S=256: 235 ms per step against 54 ms for the same step without a
-cache). Here each layer's cache is its own array, written in place by a scatter (donated
-buffers, ``lax.while_loop`` carry). Everything else — norms, MLPs, RoPE, the projection
-helper, the output head, the log-prob/entropy scoring, parameters — is the model's own
-modules and functions, the ones training uses; tests pin this forward to the training
-forward and to ``Decoder.hidden``.
+The forward is the model's own (``Decoder.hidden`` with a ``Cache``): the layers run in a
+``lax.scan`` whose carry holds every layer's cache, each layer writing its new keys and
+values in place by a scatter (donated buffers, ``lax.while_loop`` carry), so a decode step
+never copies the cache.
 
 Slot = position: a row's token at position p lives in slot p. Writes past the end of the
 cache are dropped (scatter ``mode="drop"``), and padding tokens carry position -1, which
@@ -36,66 +31,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rlpt_jax.models import attention
-from rlpt_jax.models.config import ModelConfig
-from rlpt_jax.models.decoder import (
-    Decoder,
-    KVCache,
-    apply_rope,
-    logits_transposed,
-    project,
-    project_transposed,
-    rope_inv_freq,
-)
+from rlpt_jax.models.decoder import Cache, Decoder, unstacked
 from rlpt_jax.sampling import sample as sample_lib
 
 # Number of times each jitted function was traced (a Python side effect runs only when
 # tracing), so tests can assert that a second call with the same buckets does not recompile.
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class SampleCache:
-    """The sampler's KV cache: one k and one v array [B, K, S, H] per layer, pos [B, S]."""
-
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
-    pos: jax.Array
-
-    @classmethod
-    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype) -> SampleCache:
-        shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
-        return cls(
-            k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-            v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-            pos=jnp.full((batch, length), -1, jnp.int32),
-        )
-
-    @staticmethod
-    def nbytes(cfg: ModelConfig, batch: int, length: int, dtype) -> int:
-        return KVCache.nbytes(cfg, batch, length, dtype)
-
-    def take(self, rows: jax.Array) -> SampleCache:
-        return SampleCache(
-            k=tuple(x[rows] for x in self.k),
-            v=tuple(x[rows] for x in self.v),
-            pos=self.pos[rows],
-        )
-
-    def put(self, rows: jax.Array, sub: SampleCache) -> SampleCache:
-        """Rows ``rows`` replaced by ``sub``; out-of-range row indices are dropped."""
-        return SampleCache(
-            k=tuple(x.at[rows].set(s, mode="drop") for x, s in zip(self.k, sub.k, strict=True)),
-            v=tuple(x.at[rows].set(s, mode="drop") for x, s in zip(self.v, sub.v, strict=True)),
-            pos=self.pos.at[rows].set(sub.pos, mode="drop"),
-        )
-
-    def to_kv(self) -> KVCache:
-        """The model's stacked layout (tests and interop)."""
-        return KVCache(
-            k=jnp.stack(self.k).swapaxes(2, 3), v=jnp.stack(self.v).swapaxes(2, 3), pos=self.pos
-        )
 
 
 _TRANSPOSED = {  # module attribute -> number of leading [in] axes of its training layout
@@ -111,13 +52,16 @@ _TRANSPOSED = {  # module attribute -> number of leading [in] axes of its traini
 
 
 def sampler_weights(model: Decoder) -> Decoder:
-    """The model as the sampler holds it: for a batch-invariant model, every projection
-    weight (and an untied output head) transposed to a 2-D [out, in] matrix, its logical axes
-    (first out axis, first in axis); any other model is returned as is. The input model is
-    unchanged."""
+    """The model as the sampler holds it: the layers unstacked (``decoder.unstacked``: a
+    decode step on XLA:CPU cannot afford slicing stacked weights), and for a batch-invariant
+    model every projection weight (and an untied output head) transposed to a 2-D [out, in]
+    matrix, logical axes (first out axis, first in axis), with ``weights_transposed`` set.
+    The input model is unchanged."""
+    held = nnx.merge(*nnx.split(model))  # new modules; the arrays are shared, not copied
+    held.layers = unstacked(model.layers)
     if not model.cfg.batch_invariant:
-        return model
-    graphdef, state = nnx.split(model)
+        return held
+    graphdef, state = nnx.split(held)
     flat = []
     for path, var in nnx.to_flat_state(state):
         n_in = _TRANSPOSED.get(str(path[-1]))
@@ -129,121 +73,23 @@ def sampler_weights(model: Decoder) -> Decoder:
                 jnp.transpose(value.reshape(rows, -1)), logical_axes=(axes[n_in], axes[0])
             )
         flat.append((path, var))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
-
-
-def _project(x, w, batch_invariant: bool, out_shape=None):
-    """x [R, T, D] through a projection weight as the sampler holds it (``sampler_weights``)."""
-    if not batch_invariant:
-        return project(x, w)
-    y = project_transposed(x, w)
-    return y if out_shape is None else y.reshape(*y.shape[:2], *out_shape)
-
-
-def _mlp(mlp, x):
-    if not mlp.batch_invariant:
-        return mlp(x)
-    g = project_transposed(x, mlp.gate_proj[...])
-    u = project_transposed(x, mlp.up_proj[...])
-    return project_transposed(jax.nn.silu(g) * u, mlp.down_proj[...])
-
-
-def _attention(attn, x, positions, inv_freq, mask, kc, vc, slots):
-    """One attention layer over the cache. x [R, T, D]; kc, vc [R, K, S, H]; slots [R, T];
-    mask over the first W <= S slots (``mask.k_ord`` [R, W]): attention reads only those."""
-    cfg = attn.cfg
-    dt = x.dtype
-    inv = cfg.batch_invariant
-    n, kk, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = _project(x, attn.q_proj[...], inv, (n, h))  # [R, T, N, H]
-    k = _project(x, attn.k_proj[...], inv, (kk, h))  # [R, T, K, H]
-    v = _project(x, attn.v_proj[...], inv, (kk, h))
-    if cfg.qkv_bias:
-        q = q + attn.q_bias[...].astype(dt)
-        k = k + attn.k_bias[...].astype(dt)
-        v = v + attn.v_bias[...].astype(dt)
-    if cfg.qk_norm:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q = apply_rope(q, positions, inv_freq, batch_invariant=inv)
-    k = apply_rope(k, positions, inv_freq, batch_invariant=inv)
-
-    rows = jnp.arange(x.shape[0])[:, None]
-    # Indexing [R, T] pairs around the K slice puts the [R, T] dims first: updates [R, T, K, H].
-    kc = kc.at[rows, :, slots].set(k.astype(kc.dtype), mode="drop")
-    vc = vc.at[rows, :, slots].set(v.astype(vc.dtype), mode="drop")
-
-    # The cache is [R, K, S, H] so that both attention products read it without a transpose.
-    w = mask.k_ord.shape[-1]
-    keys, values = kc[:, :, :w].astype(dt), vc[:, :, :w].astype(dt)
-    out = attention.for_model(cfg, q, keys, values, mask, "BKSH")
-    o = attn.o_proj[...]
-    y = _project(out, o if inv else o.reshape(n * h, -1), inv)
-    if cfg.o_bias:
-        y = y + attn.o_bias[...].astype(dt)
-    return y, kc, vc
-
-
-def forward(
-    model: Decoder,
-    tokens: jax.Array,
-    positions: jax.Array,
-    cache: SampleCache,
-    write_index: jax.Array,
-    window: int | None = None,
-) -> tuple[jax.Array, SampleCache]:
-    """Hidden states [R, T, D] after the final norm, and the updated cache.
-
-    tokens, positions [R, T] (position -1 = padding); write_index [R]: slot of each row's
-    first token. window: attend to the first ``window`` slots only (None: all S). Since
-    slot = position, a window covering every query's position reads everything it may.
-    """
-    cfg = model.cfg
-    dt = jnp.dtype(cfg.dtype)
-    x = jnp.take(model.embed_tokens[...], tokens, axis=0).astype(dt)
-    inv_freq = rope_inv_freq(cfg)
-    slots = write_index[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-    rows = jnp.arange(tokens.shape[0])[:, None]
-    pos = cache.pos.at[rows, slots].set(positions.astype(jnp.int32), mode="drop")
-    mask = attention.Mask.cached(positions, pos[:, :window])  # keys: window or S slots
-
-    new_k, new_v = [], []
-    for i, block in enumerate(model.layers):
-        a, kc, vc = _attention(
-            block.self_attn,
-            block.input_layernorm(x),
-            positions,
-            inv_freq,
-            mask,
-            cache.k[i],
-            cache.v[i],
-            slots,
-        )
-        x = x + a
-        x = x + _mlp(block.mlp, block.post_attention_layernorm(x))
-        new_k.append(kc)
-        new_v.append(vc)
-    return model.norm(x), SampleCache(k=tuple(new_k), v=tuple(new_v), pos=pos)
-
-
-def output_logits(model: Decoder, h: jax.Array) -> jax.Array:
-    """h [R, D] → float32 logits [R, V] (the model's own head: the training step uses it too)."""
-    if model.cfg.batch_invariant and not model.cfg.tie_word_embeddings:
-        return logits_transposed(h, model.lm_head[...])  # stored [V, D] (sampler_weights)
-    return model.logits(h)
+    held = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    held.weights_transposed = True
+    return held
 
 
 def prefill(
     graphdef,
     constrain,
     state,
-    cache: SampleCache,
+    cache: Cache,
     logits: jax.Array,
     rows: jax.Array,
     tokens: jax.Array,
     positions: jax.Array,
     write_index: jax.Array,
     last: jax.Array,
-) -> tuple[SampleCache, jax.Array]:
+) -> tuple[Cache, jax.Array]:
     """Write tokens [R, T] into cache rows ``rows`` [R] and refresh their next-token logits.
 
     logits [B, V] holds every row's next-token logits; rows gets the logits after token
@@ -253,9 +99,9 @@ def prefill(
     TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, state)
     sub = cache.take(rows)
-    h, sub = forward(model, tokens, positions, sub, write_index)
+    h, sub = model.hidden(tokens, positions, cache=sub, write_index=write_index)
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
-    new = output_logits(model, h_last)
+    new = model.logits(h_last)
     return constrain(cache.put(rows, sub), logits.at[rows].set(new))
 
 
@@ -290,7 +136,7 @@ def decode_chunk(
     constrain,
     static: DecodeStatic,
     state,
-    cache: SampleCache,
+    cache: Cache,
     logits: jax.Array,
     length: jax.Array,
     active: jax.Array,
@@ -340,8 +186,10 @@ def decode_chunk(
         out_ent = out_ent.at[:, i].set(ent)
 
         position = jnp.where(active, length, -1)
-        h, cache = forward(model, tok[:, None], position[:, None], cache, length, static.window)
-        new_logits = output_logits(model, h[:, 0])
+        h, cache = model.hidden(
+            tok[:, None], position[:, None], cache=cache, write_index=length, window=static.window
+        )
+        new_logits = model.logits(h[:, 0])
         logits = jnp.where(active[:, None], new_logits, logits)
 
         length = length + active.astype(jnp.int32)
@@ -358,7 +206,7 @@ def decode_chunk(
     return cache, logits, length, active, out_tok, out_lp, out_ent, i
 
 
-def take_rows(constrain, cache: SampleCache, logits: jax.Array, perm: jax.Array):
+def take_rows(constrain, cache: Cache, logits: jax.Array, perm: jax.Array):
     """Row i of the result = row perm[i] of the input (fork, compaction, growth by padding)."""
     TRACE_COUNTS["take"] += 1
     return constrain(cache.take(perm), logits[perm])
@@ -366,10 +214,10 @@ def take_rows(constrain, cache: SampleCache, logits: jax.Array, perm: jax.Array)
 
 def put_rows(
     constrain,
-    cache: SampleCache,
+    cache: Cache,
     logits: jax.Array,
     rows: jax.Array,
-    sub: SampleCache,
+    sub: Cache,
     sub_logits: jax.Array,
 ):
     """Write a compact sub-batch back into rows ``rows`` (out-of-range entries dropped)."""

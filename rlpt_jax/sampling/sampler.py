@@ -37,7 +37,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from rlpt_jax import parallel
-from rlpt_jax.models.decoder import Decoder
+from rlpt_jax.models.decoder import Cache, Decoder
 from rlpt_jax.sampling import engine
 from rlpt_jax.sampling.sample import SamplingParams
 
@@ -179,7 +179,7 @@ class Sampler:
     def _spec(self, axes, shape):
         return parallel.logical_to_spec(axes, shape, self.mesh, parallel.SAMPLE_RULES)
 
-    def _constrain(self, cache: engine.SampleCache, logits: jax.Array):
+    def _constrain(self, cache: Cache, logits: jax.Array):
         """Pin the persistent arrays to their sharding (no-op without a mesh)."""
         if self.mesh is None:
             return cache, logits
@@ -189,19 +189,19 @@ class Sampler:
             return jax.lax.with_sharding_constraint(x, sh)
 
         kv = ("batch", "kv_heads", "length", "head_dim")
-        cache = engine.SampleCache(
+        cache = Cache(
             k=tuple(put(x, kv) for x in cache.k),
             v=tuple(put(x, kv) for x in cache.v),
             pos=put(cache.pos, ("batch", "length")),
         )
         return cache, put(logits, ("batch", "vocab"))
 
-    def allocate(self, rows: int, length: int) -> tuple[engine.SampleCache, jax.Array]:
+    def allocate(self, rows: int, length: int) -> tuple[Cache, jax.Array]:
         """An empty cache and next-token logits, created directly in their sharding."""
         cfg, dtype = self.model_cfg, self.cache_dtype
 
         def make():
-            cache = engine.SampleCache.init(cfg, rows, length, dtype)
+            cache = Cache.init(cfg, rows, length, dtype)
             return self._constrain(cache, jnp.zeros((rows, cfg.vocab_size), jnp.float32))
 
         return jax.jit(make)()
@@ -234,7 +234,7 @@ class Sampler:
 
     def cache_nbytes(self, rows: int, length: int) -> int:
         """Device bytes of a session cache: KV + positions + next-token logits."""
-        kv = engine.SampleCache.nbytes(self.model_cfg, rows, length, self.cache_dtype)
+        kv = Cache.nbytes(self.model_cfg, rows, length, self.cache_dtype)
         return kv + rows * self.model_cfg.vocab_size * 4
 
     def check_fits(self, rows: int, length: int) -> int:

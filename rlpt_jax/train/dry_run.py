@@ -172,11 +172,8 @@ def run(
         f"{jax.device_count()} {jax.devices()[0].platform} devices, mesh {p.mesh_shape}"
     )
     print(f"\n{'parameter':48s} {'shape':>22s}  {'sharding':28s} {'per device':>20s}")
-    shown = [r for r in p.params if ".layers." not in f".{r[0]}." or ".0." in f".{r[0]}."]
-    for name, shape, spec, local in shown:
+    for name, shape, spec, local in p.params:  # layer parameters stacked: [L, ...]
         print(f"{name[:48]:48s} {str(shape):>22s}  {spec[:28]:28s} {str(local):>20s}")
-    if len(shown) < len(p.params):
-        print(f"  (+ {len(p.params) - len(shown)} more: layers 1..{cfg.num_layers - 1} as layer 0)")
     print(f"\nper-device memory estimate (attention: {planned_attention(exp)}):")
     for k, v in p.bytes.items():
         print(f"  {k:32s} {v / GiB:9.2f} GiB")

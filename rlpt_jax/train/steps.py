@@ -38,7 +38,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlpt_jax import parallel
 from rlpt_jax.batch import RLBatch
-from rlpt_jax.models.attention import Mask
 from rlpt_jax.models.decoder import logits_transposed, token_logprob_entropy
 from rlpt_jax.train.state import TrainState
 
@@ -52,7 +51,7 @@ class StepConfig:
 
     ``micro_batches``: M, gradient accumulation steps per update (B must divide by M, and
     B/M by the mesh's batch shards). ``remat``: recompute each decoder layer in the
-    backward pass (less memory, ~1/3 more compute; see :func:`scanned_hidden`).
+    backward pass (less memory, ~1/3 more compute; see ``Decoder.hidden``).
     ``chunk``: tokens along T per chunk of the vocabulary projection. ``logits_remat``:
     recompute chunk logits in the backward pass rather than store them; None (default)
     follows ``remat``, so ``remat=True`` is the memory-lean setting throughout.
@@ -104,38 +103,6 @@ def _chunk_logprobs(
     return logp, entropy if with_entropy else None
 
 
-def scanned_hidden(model: nnx.Module, tokens: Array, positions: Array, segment_ids: Array) -> Array:
-    """``model.hidden(tokens, positions, segment_ids=…, remat=True)`` [B, T, D], no cache,
-    with the layers run by ``lax.scan`` over their stacked parameters.
-
-    Same math as ``Decoder.hidden``. It exists because on XLA:CPU the model's Python-loop
-    remat saves nothing: once the optimisation barriers are removed, the recomputation is
-    merged with the forward pass and every layer's activations stay live (measured on
-    SmolLM2-135M, 8×256 tokens: 6.2 GB of temporaries with remat vs 6.5 GB without).
-    Inside a scan the recomputation lives in the backward loop's body, so only the layer
-    inputs [L, B, T, D] are kept.
-    """
-    from rlpt_jax.models.decoder import rope_inv_freq
-
-    cfg = model.cfg
-    dt = jnp.dtype(cfg.dtype)
-    x = jnp.take(model.embed_tokens[...], tokens, axis=0).astype(dt)
-    inv_freq = rope_inv_freq(cfg)
-    mask = Mask.causal(segment_ids)
-    layer_def, _ = nnx.split(model.layers[0])
-    states = [nnx.split(block)[1] for block in model.layers]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-
-    @jax.checkpoint
-    def body(x, layer_state):
-        block = nnx.merge(layer_def, layer_state)
-        y, _ = block(x, positions, inv_freq, mask, None)
-        return y, None
-
-    x, _ = jax.lax.scan(body, x, stacked)
-    return model.norm(x)
-
-
 def token_logprobs(
     model: nnx.Module,
     tokens: Array,
@@ -153,10 +120,7 @@ def token_logprobs(
     that of the distribution that token t was drawn from.
     """
     b, t = tokens.shape
-    if remat:
-        h = scanned_hidden(model, tokens, positions, segment_ids)
-    else:
-        h, _ = model.hidden(tokens, positions, segment_ids=segment_ids)
+    h, _ = model.hidden(tokens, positions, segment_ids=segment_ids, remat=remat)
     # Position t of h scores token t + 1; the last position scores nothing.
     targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
     chunk = min(chunk, t)
