@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlpt_jax.comparison import machine_info
-from rlpt_jax.models.decoder import in_float64
+from rlpt_jax.models.numerics import in_float64
 
 ROWS = (1, 2, 4, 8, 16, 32, 48, 64)
 REF_ROWS = 512

@@ -12,8 +12,8 @@ from flax import nnx
 
 from hf_fixtures import hf_greedy, save_tiny, tiny_hf_model
 from rlpt_jax import parallel
-from rlpt_jax.models.decoder import in_float64
 from rlpt_jax.models.hf_io import load_hf
+from rlpt_jax.models.numerics import in_float64
 from rlpt_jax.sampling import Sampler, SamplerConfig, SamplingParams, engine
 from rlpt_jax.train.steps import token_logprobs
 
@@ -156,14 +156,14 @@ def test_sampler_weights_are_transposed_projections(tiny_dirs):
     same(held_attn.o_proj[...], np.asarray(attn.o_proj[...][0]).reshape(n * h, d).T)
     same(held.layers[1].mlp.down_proj[...], model.layers.mlp.down_proj[...][1].T)
     assert held_attn.q_proj.get_metadata()["logical_axes"] == ("q_heads", "embed")
-    assert held.weights_transposed and not model.weights_transposed
+    assert held.numerics.transposed and not model.numerics.transposed
     np.testing.assert_array_equal(held.lm_head[...], model.lm_head[...].T)
     assert held.lm_head.get_metadata()["logical_axes"] == ("vocab", "embed")
     assert attn.q_proj[...].shape == (cfg.num_layers, d, n, h)  # the training model is as it was
     np.testing.assert_array_equal(held.embed_tokens[...], model.embed_tokens[...])
     fast = load_hf(tiny_dirs["llama3"])
     held = engine.sampler_weights(fast)  # only unstacked
-    assert not held.weights_transposed and len(held.layers) == cfg.num_layers
+    assert not held.numerics.transposed and len(held.layers) == cfg.num_layers
     same(held.layers[1].self_attn.q_proj[...], fast.layers.self_attn.q_proj[...][1])
     assert held.lm_head[...] is fast.lm_head[...]
 

@@ -120,7 +120,7 @@ def test_sft_lowers_assistant_loss_on_its_training_set():
     zeros = np.zeros(tokens.shape, np.float32)
     batch = make_batch(tokens, mask, zeros, zeros, segment_ids=seg)
     tx = optax.adam(1e-2)
-    state = create_train_state(model, tx, seed=0)
+    state = create_train_state(model, tx)
     update = make_update_step(tx, nll_objective(), StepConfig())
     losses = []
     for _ in range(12):

@@ -63,7 +63,7 @@ def _rows(tokens: np.ndarray):
 
 def _train(loss_cfg: LossConfig, steps: int, micro_batches: int, lr: float):
     tx = S.make_optimizer(S.OptimConfig(learning_rate=lr, weight_decay=0.0))
-    state = S.create_train_state(init_model(CFG, 0), tx, seed=0)
+    state = S.create_train_state(init_model(CFG, 0), tx)
     cfg = ST.StepConfig(chunk=8, micro_batches=micro_batches)
     update = ST.make_update_step(tx, ST.policy_objective(loss_cfg), cfg)
     logprob = ST.make_logprob_step(state.graphdef, cfg)

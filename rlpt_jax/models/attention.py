@@ -259,7 +259,7 @@ def _xla(qg, keys, values, mask, kv_layout, batch_invariant):
 
 def _dense(qg, keys, values, allowed, scores_eq, out_eq, batch_invariant):
     """Scores and softmax in float32 (float64 with ``batch_invariant``)."""
-    from rlpt_jax.models.decoder import in_float64  # the one float64 helper
+    from rlpt_jax.models.numerics import in_float64  # the one float64 helper
 
     def core(qg, keys, values, allowed, wide=False):
         if wide:  # float32 in, exact float64 products and sums out (no float64 copy of keys)

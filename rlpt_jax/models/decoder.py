@@ -33,7 +33,8 @@ the shapes an op runs at: a matmul of a few rows (a decode step) sums over the c
 axis in another order than one of many rows (a training forward), and so do reductions
 and elementwise kernels (RMSNorm, softmax, cos/sin) at different lengths. The differences
 are last-bit roundings, but 30 layers compound them to ~1e-5 in a token's log-prob. With
-``batch_invariant`` the model removes each source:
+``batch_invariant`` the model's numerics policy (``Decoder.numerics``, a
+``rlpt_jax.models.numerics.Numerics``) removes each source:
 * matmuls contract weights stored [out, in] (``x · Wᵀ``). XLA:CPU's packed matmul kernel
   then sums in the same order at every row count >= 2 (found by measurement on this
   jaxlib; ``bench/rounding_probe.py`` re-checks it). The training forward transposes the
@@ -60,6 +61,7 @@ from flax import nnx
 
 from rlpt_jax.models import attention
 from rlpt_jax.models.config import ModelConfig
+from rlpt_jax.models.numerics import FAST, Numerics
 
 
 def _dtype(name: str):
@@ -111,92 +113,22 @@ class Cache:
         )
 
 
-def in_float64(fn, *args, keep: tuple[int, ...] = ()):
-    """``fn(*args)`` evaluated in float64, its outputs (an array or a tuple of them) rounded
-    back to ``args[0]``'s dtype.
-
-    Floating args are upcast (exactly) before ``fn`` runs, except those at the positions in
-    ``keep`` (for ops that widen by themselves, e.g. a dot with
-    ``preferred_element_type=float64``, which spares materialising a float64 copy);
-    integer and bool args pass through.
-    The gradient is float64 too: the backward pass re-runs ``fn`` under ``jax.vjp`` inside the
-    float64 context (a plain autodiff of the forward would build its transpose after the
-    context closed, with float64 cotangents that float32 mode cannot represent).
-    """
-
-    def run(*a):
-        with jax.enable_x64(True):
-            wide = [
-                x.astype(jnp.float64)
-                if i not in keep and jnp.issubdtype(x.dtype, jnp.floating)
-                else x
-                for i, x in enumerate(a)
-            ]
-            return jax.tree.map(lambda y: y.astype(a[0].dtype), fn(*wide))
-
-    @jax.custom_vjp
-    def call(*a):
-        return run(*a)
-
-    def fwd(*a):
-        return run(*a), a
-
-    def bwd(a, ct):
-        with jax.enable_x64(True):
-            _, vjp = jax.vjp(run, *a)
-            return vjp(ct)
-
-    call.defvjp(fwd, bwd)
-    return call(*args)
-
-
 def _param(init, rngs: nnx.Rngs, shape, dtype, axes: tuple[str | None, ...]) -> nnx.Param:
     assert len(axes) == len(shape), (axes, shape)
     return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
 
 
 class RMSNorm(nnx.Module):
-    """y = x / sqrt(mean(x²) + eps) · w, computed in float32 (as Hugging Face does); with
-    ``batch_invariant`` the normalisation runs in float64 and is rounded once to float32."""
+    """y = x / sqrt(mean(x²) + eps) · w, normalised in float32 (as Hugging Face does), by the
+    model's numerics (batch-invariant: in float64, rounded once to float32)."""
 
-    def __init__(
-        self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs, batch_invariant: bool = False
-    ):
+    def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
         self.eps = eps
-        self.batch_invariant = batch_invariant
         self.weight = _param(nnx.initializers.ones, rngs, (dim,), param_dtype, ("norm",))
 
-    def _normalize(self, x: jax.Array) -> jax.Array:
-        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        y = in_float64(self._normalize, x32) if self.batch_invariant else self._normalize(x32)
+    def __call__(self, x: jax.Array, numerics: Numerics) -> jax.Array:
+        y = numerics.normalize(x.astype(jnp.float32), self.eps)
         return (self.weight[...].astype(jnp.float32) * y.astype(x.dtype)).astype(x.dtype)
-
-
-def project(x: jax.Array, w: jax.Array, *, batch_invariant: bool = False) -> jax.Array:
-    """x [B, T, D] · w [D, *out] → [B, T, *out] as one 2-D matmul in x's dtype.
-
-    Training, prefill and decode all project through this one function so that a token's
-    activations do not depend on which path computed them. ``batch_invariant``: contract a
-    transposed copy of w (module docstring); the barrier keeps XLA from folding the
-    transpose back into the matmul.
-    """
-    b, t, d = x.shape
-    out = w.shape[1:]
-    w2 = w.reshape(d, -1).astype(x.dtype)
-    if batch_invariant:
-        return project_transposed(x, jax.lax.optimization_barrier(w2.T)).reshape(b, t, *out)
-    return (x.reshape(b * t, d) @ w2).reshape(b, t, *out)
-
-
-def project_transposed(x: jax.Array, w_t: jax.Array) -> jax.Array:
-    """x [B, T, D] · w_tᵀ, with w_t [out, D] (the batch-invariant layout) → [B, T, out]."""
-    b, t, d = x.shape
-    dims = (((1,), (1,)), ((), ()))
-    y = jax.lax.dot_general(x.reshape(b * t, d), w_t.astype(x.dtype), dims)
-    return y.reshape(b, t, -1)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
@@ -219,57 +151,14 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
 
 
 def apply_rope(
-    x: jax.Array, positions: jax.Array, inv_freq: jax.Array, *, batch_invariant: bool = False
+    x: jax.Array, positions: jax.Array, inv_freq: jax.Array, numerics: Numerics = FAST
 ) -> jax.Array:
     """Rotate-half RoPE. x: [B, T, *, H]; positions: [B, T]. The angles are float32 products
-    (as Hugging Face forms them); with ``batch_invariant`` cos, sin and the rotation run in
-    float64 on those angles."""
+    (as Hugging Face forms them); the rotation is the numerics' (batch-invariant: cos, sin and
+    the rotation in float64 on those angles)."""
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    x32 = x.astype(jnp.float32)
-    if batch_invariant:
-        return in_float64(_rotate, x32, emb).astype(x.dtype)
-    return _rotate(x32, emb).astype(x.dtype)
-
-
-def _rotate(x: jax.Array, emb: jax.Array) -> jax.Array:
-    cos = jnp.cos(emb)[:, :, None, :].astype(x.dtype)
-    sin = jnp.sin(emb)[:, :, None, :].astype(x.dtype)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
-
-
-def token_logprob_entropy(
-    logits: jax.Array, targets: jax.Array | None = None, *, batch_invariant: bool = False
-) -> tuple[jax.Array | None, jax.Array]:
-    """log softmax(logits)[target] and the entropy of softmax(logits), in float32.
-
-    logits [..., V]; targets [...] int or None. The sampler and the training step both score
-    tokens through this one function, so they agree to the last bit whenever their logits do
-    (with ``batch_invariant``, computed in float64: the sums over V then do not depend on how
-    many rows are scored at once).
-    The chosen logit is taken relative to the row maximum before the log-normaliser is
-    subtracted (``(z - m) - log Σ exp(z - m)``): forming ``m + log Σ exp`` first would round
-    to the spacing of floats near the maximum logit (~4e-6 at 40).
-    """
-    z = logits.astype(jnp.float32)
-    if batch_invariant:
-        if targets is None:
-            return None, in_float64(lambda z: _logprob_entropy(z, None)[1], z)
-        return in_float64(_logprob_entropy, z, targets)
-    return _logprob_entropy(z, targets)
-
-
-def _logprob_entropy(z: jax.Array, targets: jax.Array | None):
-    shifted = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
-    probs = jnp.exp(shifted - lse[..., None])
-    entropy = lse - jnp.sum(probs * shifted, axis=-1)
-    if targets is None:
-        return None, entropy
-    picked = jnp.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
-    return picked - lse, entropy
+    return numerics.rotate(x.astype(jnp.float32), emb).astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -290,29 +179,25 @@ class Attention(nnx.Module):
         if cfg.o_bias:
             self.o_bias = _param(zeros, rngs, (d,), pd, ("embed",))
         if cfg.qk_norm:
-            inv = cfg.batch_invariant
-            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=inv)
-            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=inv)
+            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs)
+            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd, rngs=rngs)
 
-    def __call__(self, x, positions, inv_freq, mask, cache: LayerCache | None, transposed: bool):
-        """x [B, T, D] → ([B, T, D], the cache with this layer's k and v written).
-
-        transposed: the projections are held [out, in] (``Decoder.weights_transposed``)."""
+    def __call__(self, x, positions, inv_freq, mask, cache: LayerCache | None, numerics):
+        """x [B, T, D] → ([B, T, D], the cache with this layer's k and v written)."""
         cfg = self.cfg
         dt = x.dtype
-        inv = cfg.batch_invariant
         n, kk, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q = _project(x, self.q_proj[...], inv, transposed, (n, h))  # [B, T, N, H]
-        k = _project(x, self.k_proj[...], inv, transposed, (kk, h))  # [B, T, K, H]
-        v = _project(x, self.v_proj[...], inv, transposed, (kk, h))
+        q = numerics.project(x, self.q_proj[...], (n, h))  # [B, T, N, H]
+        k = numerics.project(x, self.k_proj[...], (kk, h))  # [B, T, K, H]
+        v = numerics.project(x, self.v_proj[...], (kk, h))
         if cfg.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
         if cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q, positions, inv_freq, batch_invariant=inv)
-        k = apply_rope(k, positions, inv_freq, batch_invariant=inv)
+            q, k = self.q_norm(q, numerics), self.k_norm(k, numerics)
+        q = apply_rope(q, positions, inv_freq, numerics)
+        k = apply_rope(k, positions, inv_freq, numerics)
 
         if cache is None:
             out = attention.for_model(cfg, q, k, v, mask, "BSKH")
@@ -322,18 +207,10 @@ class Attention(nnx.Module):
             keys, values = cache.read(w)
             out = attention.for_model(cfg, q, keys.astype(dt), values.astype(dt), mask, "BKSH")
         o = self.o_proj[...]
-        y = _project(out, o if transposed else o.reshape(n * h, -1), inv, transposed)
+        y = numerics.project(out, o if numerics.transposed else o.reshape(n * h, -1))
         if cfg.o_bias:
             y = y + self.o_bias[...].astype(dt)
         return y, cache
-
-
-def _project(x, w, batch_invariant: bool, transposed: bool, out_shape=()):
-    """x [B, T, D] through a projection weight held [D, *out] or, ``transposed``, [out, D]."""
-    if not transposed:
-        return project(x, w, batch_invariant=batch_invariant)
-    y = project_transposed(x, w)
-    return y.reshape(*y.shape[:2], *out_shape) if out_shape else y
 
 
 @jax.tree_util.register_dataclass
@@ -370,18 +247,16 @@ class MLP(nnx.Module):
         d, f = cfg.hidden_size, cfg.intermediate_size
         pd = _dtype(cfg.param_dtype)
         init = nnx.initializers.normal(0.02)
-        self.batch_invariant = cfg.batch_invariant
         self.gate_proj = _param(init, rngs, (d, f), pd, ("embed", "mlp"))
         self.up_proj = _param(init, rngs, (d, f), pd, ("embed", "mlp"))
         self.down_proj = _param(init, rngs, (f, d), pd, ("mlp", "embed"))
 
-    def __call__(self, x, transposed: bool = False):
+    def __call__(self, x, numerics: Numerics):
         dt = x.dtype
-        if self.batch_invariant:
-            inv = self.batch_invariant
-            g = _project(x, self.gate_proj[...], inv, transposed)
-            u = _project(x, self.up_proj[...], inv, transposed)
-            return _project(jax.nn.silu(g) * u, self.down_proj[...], inv, transposed)
+        if numerics.batch_invariant:
+            g = numerics.project(x, self.gate_proj[...])
+            u = numerics.project(x, self.up_proj[...])
+            return numerics.project(jax.nn.silu(g) * u, self.down_proj[...])
         return swiglu(
             x,
             self.gate_proj[...].astype(dt),
@@ -431,17 +306,17 @@ swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         pd = _dtype(cfg.param_dtype)
-        d, eps, inv = cfg.hidden_size, cfg.rms_norm_eps, cfg.batch_invariant
-        self.input_layernorm = RMSNorm(d, eps, pd, rngs=rngs, batch_invariant=inv)
+        d, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.input_layernorm = RMSNorm(d, eps, pd, rngs=rngs)
         self.self_attn = Attention(cfg, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(d, eps, pd, rngs=rngs, batch_invariant=inv)
+        self.post_attention_layernorm = RMSNorm(d, eps, pd, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, positions, inv_freq, mask, cache, transposed):
-        h = self.input_layernorm(x)
-        a, cache = self.self_attn(h, positions, inv_freq, mask, cache, transposed)
+    def __call__(self, x, positions, inv_freq, mask, cache, numerics: Numerics):
+        h = self.input_layernorm(x, numerics)
+        a, cache = self.self_attn(h, positions, inv_freq, mask, cache, numerics)
         x = x + a
-        x = x + self.mlp(self.post_attention_layernorm(x), transposed)
+        x = x + self.mlp(self.post_attention_layernorm(x, numerics), numerics)
         return x, cache
 
 
@@ -480,15 +355,15 @@ def unstacked(layers: Block | nnx.List) -> nnx.List:
 class Decoder(nnx.Module):
     """The language model. ``__call__`` returns (logits [B, T, V] float32, cache or None).
 
-    The layers are one stacked ``Block`` (``stacked_blocks``) run by ``lax.scan``: training,
-    scoring, prefill and decode all go through ``hidden``. ``weights_transposed`` (set by
-    ``rlpt_jax.sampling.engine.sampler_weights`` on the sampler's copy of a batch-invariant
-    model) says that projections and an untied head are held [out, in].
+    Training, scoring, prefill and decode all go through ``hidden`` (module docstring,
+    "Layers"). ``numerics``: the policy every op that rounds goes through
+    (``rlpt_jax.models.numerics``), chosen here from the config; the sampler's copy of a
+    batch-invariant model has ``transposed`` set (``engine.sampler_weights``).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.weights_transposed = False
+        self.numerics = Numerics.of(cfg)
         pd = _dtype(cfg.param_dtype)
         self.embed_tokens = _param(
             nnx.initializers.normal(0.02),
@@ -498,9 +373,7 @@ class Decoder(nnx.Module):
             ("vocab", "embed"),
         )
         self.layers = stacked_blocks(cfg, rngs)
-        self.norm = RMSNorm(
-            cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs, batch_invariant=cfg.batch_invariant
-        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(
                 nnx.initializers.normal(0.02),
@@ -551,10 +424,10 @@ class Decoder(nnx.Module):
             pos = cache.pos.at[rows, slots].set(positions.astype(jnp.int32), mode="drop")
             mask = attention.Mask.cached(positions, pos[:, :window])
 
-        transposed = self.weights_transposed
+        numerics = self.numerics
 
         def layer(block, x, lc):
-            return block(x, positions, inv_freq, mask, lc, transposed)
+            return block(x, positions, inv_freq, mask, lc, numerics)
 
         if cache is not None or isinstance(self.layers, nnx.List):
             # One layer at a time, each with its own weights and cache arrays (module
@@ -578,13 +451,13 @@ class Decoder(nnx.Module):
                 body = jax.checkpoint(body)
             x, _ = jax.lax.scan(body, x, layer_params)
         new_cache = None if cache is None else Cache(k=kv[0], v=kv[1], pos=pos)
-        return self.norm(x), new_cache
+        return self.norm(x, numerics), new_cache
 
     def unembed_matrix(self) -> jax.Array:
         """[D, V] output projection (the transposed embedding when tied)."""
         if self.cfg.tie_word_embeddings:
             return self.embed_tokens[...].T
-        if self.weights_transposed:
+        if self.numerics.transposed:
             return self.lm_head[...].T
         return self.lm_head[...]
 
@@ -594,12 +467,7 @@ class Decoder(nnx.Module):
         if self.cfg.tie_word_embeddings:
             w = self.embed_tokens[...].astype(h.dtype)
             return jnp.einsum("...D,VD->...V", h, w).astype(jnp.float32)
-        w = self.lm_head[...].astype(h.dtype)
-        if self.weights_transposed:
-            return logits_transposed(h, w)
-        if self.cfg.batch_invariant:  # contract [V, D], as the tied head does
-            return logits_transposed(h, jax.lax.optimization_barrier(w.T))
-        return jnp.einsum("...D,DV->...V", h, w).astype(jnp.float32)
+        return self.numerics.head(h, self.lm_head[...])
 
     def __call__(
         self,
@@ -627,11 +495,6 @@ class Decoder(nnx.Module):
             remat=remat,
         )
         return self.logits(h), cache
-
-
-def logits_transposed(h: jax.Array, w_t: jax.Array) -> jax.Array:
-    """h [..., D] · w_tᵀ with the output head stored [V, D] → float32 logits [..., V]."""
-    return jnp.einsum("...D,VD->...V", h, w_t.astype(h.dtype)).astype(jnp.float32)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:

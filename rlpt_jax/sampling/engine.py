@@ -55,7 +55,7 @@ def sampler_weights(model: Decoder) -> Decoder:
     """The model as the sampler holds it: the layers unstacked (``decoder.unstacked``: a
     decode step on XLA:CPU cannot afford slicing stacked weights), and for a batch-invariant
     model every projection weight (and an untied output head) transposed to a 2-D [out, in]
-    matrix, logical axes (first out axis, first in axis), with ``weights_transposed`` set.
+    matrix, logical axes (first out axis, first in axis), with ``numerics.transposed`` set.
     The input model is unchanged."""
     held = nnx.merge(*nnx.split(model))  # new modules; the arrays are shared, not copied
     held.layers = unstacked(model.layers)
@@ -74,7 +74,7 @@ def sampler_weights(model: Decoder) -> Decoder:
             )
         flat.append((path, var))
     held = nnx.merge(graphdef, nnx.from_flat_state(flat))
-    held.weights_transposed = True
+    held.numerics = dataclasses.replace(held.numerics, transposed=True)
     return held
 
 
@@ -180,7 +180,7 @@ def decode_chunk(
             top_k=static.top_k,
             use_top_p=static.use_top_p,
         )
-        lp, ent = sample_lib.raw_stats(logits, tok, batch_invariant=model.cfg.batch_invariant)
+        lp, ent = sample_lib.raw_stats(logits, tok, model.numerics)
         out_tok = out_tok.at[:, i].set(jnp.where(active, tok, -1))
         out_lp = out_lp.at[:, i].set(lp)
         out_ent = out_ent.at[:, i].set(ent)

@@ -21,7 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from rlpt_jax.models.decoder import token_logprob_entropy
+from rlpt_jax.models.numerics import FAST, Numerics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +75,13 @@ class SamplingParams:
 
 
 def raw_stats(
-    logits: jax.Array, tokens: jax.Array, *, batch_invariant: bool = False
+    logits: jax.Array, tokens: jax.Array, numerics: Numerics = FAST
 ) -> tuple[jax.Array, jax.Array]:
     """Log-prob of ``tokens`` [B] and entropy [B] under softmax(logits [B, V] float32).
 
-    The same function the training step scores tokens with (``token_logprob_entropy``).
+    The same function the training step scores tokens with (``Numerics.logprob_entropy``).
     """
-    return token_logprob_entropy(logits, tokens, batch_invariant=batch_invariant)
+    return numerics.logprob_entropy(logits, tokens)
 
 
 _BISECT_STEPS = 32  # halvings of a 101-wide logit interval: finer than float32 spacing

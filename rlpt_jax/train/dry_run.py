@@ -198,7 +198,7 @@ def _compile_report(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> None:
     from rlpt_jax.train.steps import StepConfig, make_update_step, policy_objective
 
     tx = make_optimizer(exp.optim)
-    state = jax.eval_shape(lambda: create_train_state(_materialise(cfg), tx, seed=exp.seed))
+    state = jax.eval_shape(lambda: create_train_state(_materialise(cfg), tx))
     shardings = train_state_shardings(state, tx, mesh)
     rows = max(mesh.shape["data"] * mesh.shape["fsdp"], exp.train.micro_batch_size or 1)
     seq = exp.rollout.max_prompt_tokens + exp.rollout.max_new_tokens

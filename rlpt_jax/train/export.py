@@ -23,7 +23,7 @@ def export_checkpoint(workdir: str | Path, step: int | None = None, out: str | P
     model_dir = exp.model.resolve()
     model = load_hf(model_dir, param_dtype=exp.model.param_dtype, dtype=exp.model.dtype)
     tx = make_optimizer(exp.optim)
-    target = create_train_state(model, tx, seed=exp.seed)
+    target = create_train_state(model, tx)
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", exp.checkpoint)
     try:
         restored = ckpt.restore_latest(target) if step is None else ckpt.restore(step, target)

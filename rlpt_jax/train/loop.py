@@ -141,7 +141,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     if optim.schedule != "constant" and optim.total_steps is None:
         optim = dataclasses.replace(optim, total_steps=total)
     tx = make_optimizer(optim if isinstance(optim, OptimConfig) else OptimConfig(**optim))
-    state = create_train_state(model, tx, seed=exp.seed)
+    state = create_train_state(model, tx)
     state, shardings = shard_train_state(state, tx, mesh)
     graphdef = state.graphdef
     objective = data.objective()

@@ -112,15 +112,13 @@ class TrainState:
     """Everything the update step reads and writes.
 
     step: int32 scalar, updates applied so far. params: ``nnx.State`` of the model's
-    Params. opt_state: the optax state. rng: PRNG key (fold with ``step`` for per-step
-    randomness). skipped: int32 scalar, updates skipped because the loss or the gradient
-    was not finite. graphdef (static): the model structure, for ``nnx.merge``.
+    Params. opt_state: the optax state. skipped: int32 scalar, updates skipped because the
+    loss or the gradient was not finite. graphdef (static): the model structure, for ``nnx.merge``.
     """
 
     step: jax.Array
     params: nnx.State
     opt_state: optax.OptState
-    rng: jax.Array
     skipped: jax.Array
     graphdef: nnx.GraphDef = dataclasses.field(metadata=dict(static=True))
 
@@ -132,9 +130,7 @@ class TrainState:
         return dataclasses.replace(self, **kw)
 
 
-def create_train_state(
-    model: nnx.Module, tx: optax.GradientTransformation, *, seed: int = 0
-) -> TrainState:
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> TrainState:
     """A fresh state from a model (its current parameters) and an optimiser.
 
     Every piece of model state must be an ``nnx.Param``: other variables (caches, counters)
@@ -151,7 +147,6 @@ def create_train_state(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(seed)),
         skipped=jnp.zeros((), jnp.int32),
         graphdef=graphdef,
     )
@@ -167,7 +162,7 @@ def train_state_shardings(
     """A TrainState-shaped tree of NamedShardings.
 
     Params follow their logical axes under ``rules``; the optimiser's per-parameter
-    buffers (Adam moments) follow their parameter; counters and the key are replicated.
+    buffers (Adam moments) follow their parameter; counters are replicated.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     param_sh = state_shardings(state.params, mesh, rules)
@@ -183,7 +178,6 @@ def train_state_shardings(
         step=replicated,
         params=param_sh,
         opt_state=opt_sh,
-        rng=replicated,
         skipped=replicated,
         graphdef=state.graphdef,
     )

@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlpt_jax import parallel
 from rlpt_jax.batch import RLBatch
-from rlpt_jax.models.decoder import logits_transposed, token_logprob_entropy
+from rlpt_jax.models.numerics import logits_transposed
 from rlpt_jax.train.state import TrainState
 
 Array = jax.Array
@@ -98,8 +98,7 @@ def _chunk_logprobs(
     model's head and the scoring function the sampler uses too. ``head_t``: the untied
     output head already transposed to [V, D] (batch-invariant models; see token_logprobs)."""
     logits = model.logits(h) if head_t is None else logits_transposed(h, head_t)
-    inv = model.cfg.batch_invariant
-    logp, entropy = token_logprob_entropy(logits, targets, batch_invariant=inv)
+    logp, entropy = model.numerics.logprob_entropy(logits, targets)
     return logp, entropy if with_entropy else None
 
 
