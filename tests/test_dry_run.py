@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,3 +76,39 @@ def test_the_step_runs_the_logprob_chunk_the_plan_assumes():
     assert exp.train.logprob_chunk == 1024
     step = StepConfig.for_experiment(exp, micro_batches=2)
     assert (step.chunk, step.micro_batches, step.remat) == (1024, 2, exp.model.remat)
+
+
+def _plan_vs_xla(out: str) -> dict[str, float]:
+    """name -> plan/XLA from the dry run's comparison lines."""
+    return {
+        line.split()[0]: float(line.rsplit(" ", 1)[1])
+        for line in out.splitlines()
+        if "plan/XLA" in line
+    }
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("--config.model.attention=xla", "--config.model.remat=False")],
+    ids=["blockwise_remat", "xla_no_remat"],
+)
+def test_plan_agrees_with_xla_memory_analysis(overrides):
+    """The plan's state and working memory against XLA's compiled update step on SmolLM2
+    (rlpt tiny, one CPU device, through the launcher and its XLA:CPU scheduling flag): the
+    state exactly; working memory conservatively, between 0.9x and 1.6x XLA's."""
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch" / "train.py"),
+        "--config=configs/rlpt_qwen.py:tiny",
+        "--dry_run",
+        "--dry_run_compile",
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ratios = _plan_vs_xla(proc.stdout)
+    assert set(ratios) == {"state", "working"}, proc.stdout[-2000:]
+    assert abs(ratios["state"] - 1) < 0.01
+    assert 0.9 <= ratios["working"] <= 1.6
+    assert "sampler's copy of the weights" in proc.stdout

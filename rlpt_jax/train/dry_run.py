@@ -20,11 +20,21 @@ divided by the mesh axes that shard it:
   ``model.attention_block``), plus 4·Tk·N·H·4 of per-token accumulators;
 * the sampler's KV cache, 2·L·rows·T·K·H·b_cache, rows = one wave
   (``rollout.sampler_rows``) over (data, fsdp), kv heads over tensor;
+* the sampler's copy of the weights, P_sample·b_param, P_sample the parameter shard under
+  the sampling layout (tensor-parallel only, ``parallel.SAMPLE_RULES``; unstacked layers,
+  see ``rlpt_jax.models.decoder``);
+* with ``train.kl_to_init`` (RL methods), the frozen initial weights, P·b_param;
 * with ``model.batch_invariant``, the update step's transposed copy of the weights,
   P·b_compute (an upper bound: XLA may keep only some layers' copies live at once).
 
-With ``compile=True`` the update step is also lowered and compiled for abstract inputs, and
-XLA's own memory analysis is printed (slow for multi-billion-parameter models on a CPU).
+With ``compile=True`` the planned update step (the plan's micro-batch, the planned
+attention) is also lowered and compiled for abstract inputs, and XLA's memory analysis is
+printed next to the plan's figures for the same memory: state (parameters + optimizer, exact)
+and working memory (gradients + activations vs XLA's temporaries). The activation formula
+is a conservative estimate: on XLA:CPU with the launchers' memory-ordered scheduling the plan
+lies between 0.9x and 1.6x XLA's temporaries for SmolLM2 with and without remat, xla and
+blockwise attention, 268 to 956 tokens per row (``tests/test_dry_run.py`` holds it to that
+band). Slow for multi-billion-parameter models on a CPU.
 """
 
 from __future__ import annotations
@@ -57,6 +67,8 @@ class Plan:
     mesh_shape: dict[str, int]
     params: list[tuple[str, tuple[int, ...], str, tuple[int, ...]]]
     bytes: dict[str, float]
+    micro_rows: int = 0  # rows of one micro-batch, all devices together
+    seq: int = 0  # tokens per row
 
     @property
     def total(self) -> float:
@@ -152,9 +164,23 @@ def plan(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> Plan:
         "activations (one micro-batch)": acts,
         "sampler KV cache": kv,
     }
+    sample_sh = parallel.state_shardings(abstract, mesh, parallel.SAMPLE_RULES)
+    sampler_elems = sum(
+        math.prod(_shard_shape(var.get_value().shape, sh.get_value().spec, mesh))
+        for (_, var), (_, sh) in zip(nnx.to_flat_state(abstract), nnx.to_flat_state(sample_sh))
+    )
+    sizes["sampler's copy of the weights"] = sampler_elems * pb
+    if exp.train.kl_to_init and exp.method not in ("ntp", "sft"):
+        sizes["initial weights (KL to init)"] = param_elems * pb
     if cfg.batch_invariant:
         sizes["transposed weights (batch-invariant)"] = param_elems * cb
-    return Plan(mesh_shape=dict(mesh.shape), params=rows_spec, bytes=sizes)
+    return Plan(
+        mesh_shape=dict(mesh.shape),
+        params=rows_spec,
+        bytes=sizes,
+        micro_rows=rows_dev * batch_shards,
+        seq=seq,
+    )
 
 
 def run(
@@ -179,7 +205,7 @@ def run(
         print(f"  {k:32s} {v / GiB:9.2f} GiB")
     print(f"  {'total':32s} {p.total / GiB:9.2f} GiB")
     if compile:
-        _compile_report(exp, cfg, mesh)
+        _compile_report(exp, cfg, mesh, p)
     if device_memory_gb is not None and p.total > device_memory_gb * GiB:
         raise DoesNotFitError(
             f"the plan needs {p.total / GiB:.1f} GiB per device but only {device_memory_gb:g} "
@@ -191,17 +217,24 @@ def run(
     return p
 
 
-def _compile_report(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> None:
-    """Lower and compile the update step on abstract inputs; print XLA's memory analysis."""
+def _compile_report(exp: ExperimentConfig, cfg: ModelConfig, mesh, p: Plan) -> dict[str, float]:
+    """Lower and compile the planned update step (one micro-batch of the plan's rows and
+    sequence length, the planned attention) on abstract inputs; print XLA's memory analysis
+    next to the plan's figures for the same memory, and return both (bytes per device):
+
+    * state: the plan's parameters + optimizer vs XLA's arguments less the batch;
+    * working memory: the plan's gradients + activations (+ transposed weights) vs XLA's
+      temporaries.
+    """
     from rlpt_jax.batch import RLBatch
     from rlpt_jax.train.state import create_train_state, make_optimizer, train_state_shardings
     from rlpt_jax.train.steps import StepConfig, make_update_step, policy_objective
 
+    cfg = cfg.replace(attention=planned_attention(exp))  # the step the planned run compiles
     tx = make_optimizer(exp.optim)
     state = jax.eval_shape(lambda: create_train_state(_materialise(cfg), tx))
     shardings = train_state_shardings(state, tx, mesh)
-    rows = max(mesh.shape["data"] * mesh.shape["fsdp"], exp.train.micro_batch_size or 1)
-    seq = exp.rollout.max_prompt_tokens + exp.rollout.max_new_tokens
+    rows, seq = p.micro_rows, p.seq
     spec = jax.ShapeDtypeStruct((rows, seq), np.int32)
     fspec = jax.ShapeDtypeStruct((rows, seq), np.float32)
     batch = RLBatch(spec, spec, spec, fspec, spec, fspec, fspec)
@@ -212,15 +245,32 @@ def _compile_report(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> None:
         mesh=mesh,
         state_shardings=shardings,
     )
-    compiled = step.lower(state, batch).compile()
-    mem = compiled.memory_analysis()
+    mem = step.lower(state, batch).compile().memory_analysis()
     print(
-        "\ncompiled update step (one micro-batch of "
-        f"{rows}x{seq} tokens), XLA memory analysis per device:"
+        f"\ncompiled update step (one micro-batch of {rows}x{seq} tokens, attention "
+        f"{cfg.attention}), XLA memory analysis per device:"
     )
     for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"):
-        if hasattr(mem, field):
-            print(f"  {field:32s} {getattr(mem, field) / GiB:9.2f} GiB")
+        print(f"  {field:32s} {getattr(mem, field) / GiB:9.2f} GiB")
+    batch_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(batch))
+    batch_bytes /= mesh.shape["data"] * mesh.shape["fsdp"]
+    b = p.bytes
+    out = {
+        "plan_state": b["parameters"] + b["optimizer (AdamW)"],
+        "xla_state": mem.argument_size_in_bytes - batch_bytes,
+        "plan_working": b["gradients"]
+        + b["activations (one micro-batch)"]
+        + b.get("transposed weights (batch-invariant)", 0.0),
+        "xla_working": float(mem.temp_size_in_bytes),
+    }
+    print("plan vs XLA, per device:")
+    for name in ("state", "working"):
+        plan_b, xla_b = out[f"plan_{name}"], out[f"xla_{name}"]
+        print(
+            f"  {name:8s} plan {plan_b / GiB:7.3f} GiB, XLA {xla_b / GiB:7.3f} GiB, "
+            f"plan/XLA {plan_b / xla_b:.3f}"
+        )
+    return out
 
 
 def _materialise(cfg: ModelConfig):
