@@ -80,7 +80,7 @@ def test_tree_logps_match_teacher_forcing(policy):
     )
     release_rows(engine, trees)
     rows = flatten(trees, [np.zeros(len(trees[0].nodes))], pad_id=tok.pad_id)
-    model = nnx.merge(policy.graphdef, policy.sampler.state)
+    model = nnx.merge(policy.sampler.graphdef, policy.sampler.state)  # the sampled weights
     logp, _ = token_logprobs(
         model, jnp.asarray(rows.tokens), jnp.asarray(rows.positions), jnp.asarray(rows.segment_ids)
     )
