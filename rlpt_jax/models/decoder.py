@@ -449,7 +449,10 @@ class Decoder(nnx.Module):
 
             if remat:
                 body = jax.checkpoint(body)
-            x, _ = jax.lax.scan(body, x, layer_params)
+            # Without remat the scan is unrolled: a rolled one stacks every layer's residuals
+            # through dynamic-update-slices and runs the step 15% slower on XLA:CPU
+            # (bench/train_step.py, SmolLM2-135M 8x256: 182 vs 211 tok/s, Xeon 2 cores).
+            x, _ = jax.lax.scan(body, x, layer_params, unroll=1 if remat else True)
         new_cache = None if cache is None else Cache(k=kv[0], v=kv[1], pos=pos)
         return self.norm(x, numerics), new_cache
 
