@@ -54,6 +54,8 @@ makes. Mesh, dtypes, memory, checkpoint and outage fields are engineering settin
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from configs import common
+
 # The prompt of the paper's Fig. 6 (structure, our wording), laid out as the reference
 # code's data preparation does (data_process/hotpotqa_multihop_train.py): one system
 # message with the question in its {question} field, stripped and ending in "?"
@@ -136,18 +138,7 @@ def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = "at2po"
     c.seed = 0
-    c.model = dict(
-        path=placeholder(str),
-        arch=placeholder(str),
-        tokenizer_path=placeholder(str),
-        param_dtype="float32",
-        dtype="bfloat16",
-        remat=True,
-        batch_invariant=False,  # True: sampler log-probs == update step's, bit for bit
-        # [ours] auto: xla on CPU, blockwise on GPU, splash on TPU (README, Attention)
-        attention="auto",
-        attention_block=512,
-    )
+    c.model = common.model()
     c.mesh = dict(data=1, fsdp=8, tensor=1)
     c.chat_template = True  # Fig. 6 / ref code: the chat template with the generation prompt
     # AT²PO, training recipe: 64 prompts per step, T=1.0, top-p 1.0, max prompt 2000 /
@@ -249,12 +240,7 @@ def base() -> ml_collections.ConfigDict:
         format_penalty=-1.0,
         system_prompt=PAPER_PROMPT,
         reward="em",
-        math=dict(
-            train_size=10_000,
-            heldout=64,
-            seed=0,
-            verifier=dict(timeout_s=2, deadline_s=10.0, max_answer_chars=1000),
-        ),
+        math=common.math_problems(),
     )
     # The leaves' group advantage of credit.advantage="vanilla" (the chain baselines and
     # the Tree-GRPO / ablation variants; ATPO's "value" credit does not read it): verl's
@@ -262,8 +248,7 @@ def base() -> ml_collections.ConfigDict:
     # norm_adv_by_std_in_grpo=True; ATPO/verl_atpo/verl/trainer/ppo/core_algos.py
     # compute_grpo_outcome_advantage divides by torch.std, the sample std, + 1e-6).
     c.advantage = dict(kind="grpo", scale_by_std=True, std_ddof=1)
-    # DAPO's rollout-side techniques (arXiv 2503.14476), off except in the dapo variant.
-    c.dapo = dict(dynamic_sampling=False, max_rounds=10, overlong_buffer=0, overlong_penalty=1.0)
+    c.dapo = common.dapo_off()  # on in the dapo variant
     # AT²PO, ATPO objective: per-turn ratio, eps 3e-3 / 4e-3, log-ratio clamp 10, token
     # mean per sequence then mean over sequences, no KL, no entropy bonus (ref code:
     # ATPO_qwen3_4B.sh policy_loss=gspo_turn, clip_ratio_low/high, kl_loss_coef=0.0;
@@ -308,9 +293,7 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint = dict(
         save_every=20, max_to_keep=3, best_metric="eval/em_avg", best_mode="max", async_save=True
     )
-    # A step whose retriever failed for more than half its requests is skipped and counted;
-    # 3 such steps in a row save a checkpoint and stop the run (README: "Outages").
-    c.outage = dict(max_failure_fraction=0.5, max_failed_steps=3)
+    c.outage = common.outage()
     c.export_hf = True
     # The paper starts RL from an instruct model that follows the protocol; None here.
     c.cold_start = None
@@ -357,17 +340,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.arch = "qwen3-4b"
     if variant in ("cpu", "tiny", "math_python_tiny"):
         cpu = variant == "cpu"
-        c.model.path = "embedded"
-        c.model.dtype = "float32"
-        c.model.remat = True  # a 16x256 float32 step peaks at ~14 GB without remat
-        # Fields are set one by one, never by replacing a dict, so that every field of
-        # the base stays overridable from the command line.
-        c.mesh.update(data=-1, fsdp=1, tensor=1)
+        common.embedded_cpu(c)
         c.search.backend = "bm25"
         c.search.url = placeholder(str)  # a URL is an error with bm25: set backend=http too
         c.rollout.prompts_per_step = 2 if cpu else 1
         c.rollout.max_prompt_tokens = 512
-        c.rollout.cache_dtype = "float32"
         c.tree.update(
             num_chains=3 if cpu else 2,
             rounds=1,
@@ -393,7 +370,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             steps=6 if cpu else 2,
             mini_batches=1,
             micro_batch_size=4,
-            logprob_chunk=256,
             ntp_seq_len=256,
             ntp_batch_size=2,
         )
@@ -405,8 +381,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             max_new_tokens=384 if cpu else 48,
         )
         c.checkpoint.save_every = 3 if cpu else 1
-        # One checkpoint on disk: 135M float32 weights plus both Adam moments are 1.6 GB.
-        c.checkpoint.max_to_keep = 1
         c.eval.at_start = cpu  # the summary shows before and after RL
     if variant in ("cpu", "tiny"):
         cpu = variant == "cpu"

@@ -30,6 +30,8 @@ settings, all [ours].
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from configs import common
+
 
 def base() -> ml_collections.ConfigDict:
     """The paper's RL recipe; every choice the paper leaves open is marked [ours]."""
@@ -38,18 +40,7 @@ def base() -> ml_collections.ConfigDict:
     # RLPT ACL 2026 abstract (+4.6% over it on Qwen3-8B-Base)
     c.method = "rlpt"
     c.seed = 0
-    c.model = dict(
-        path=placeholder(str),
-        arch=placeholder(str),
-        tokenizer_path=placeholder(str),
-        param_dtype="float32",
-        dtype="bfloat16",
-        remat=True,
-        batch_invariant=False,  # True: sampler log-probs == update step's, bit for bit
-        # [ours] auto: xla on CPU, blockwise on GPU, splash on TPU (README, Attention)
-        attention="auto",
-        attention_block=512,
-    )
+    c.model = common.model()
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     # [ours] Wikipedia, one of the paper's corpus sources (RLPT, data: Wikipedia, arXiv, Q&A
     # forums, WikiHow, web pages, math QA); the paper's corpus is not published.
@@ -139,10 +130,9 @@ def base() -> ml_collections.ConfigDict:
     # RLPT, optimisation (RL): GRPO's group z-score; which std it does not say [ours:
     # population, ddof 0].
     c.advantage = dict(kind="grpo", scale_by_std=True, std_ddof=0)
-    # DAPO's rollout-side techniques (arXiv 2503.14476; rlpt_jax.algos.dapo), off: the paper
-    # trains with GRPO. DAPO's own settings: an overlong buffer of 4096 tokens of a
-    # 20480-token maximum (its Sec. 4.1); at most 10 sampling rounds (verl's DAPO recipe).
-    c.dapo = dict(dynamic_sampling=False, max_rounds=10, overlong_buffer=0, overlong_penalty=1.0)
+    # DAPO off: the paper trains with GRPO. DAPO's own overlong buffer, if switched on, is
+    # 4096 tokens of a 20480-token maximum (its Sec. 4.1).
+    c.dapo = common.dapo_off()
     # RLPT, optimisation (RL): on-policy GRPO, no KL (kl_kind unused at kl_coef 0). [ours]:
     # clip eps 0.2 (GRPO's usual), token-mean aggregation, no entropy bonus (none named).
     c.loss = dict(
@@ -178,9 +168,7 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint = dict(
         save_every=50, max_to_keep=3, best_metric=placeholder(str), best_mode="max", async_save=True
     )
-    # A step whose judge failed for more than half its requests is skipped and counted;
-    # 3 such steps in a row save a checkpoint and stop the run (README: "Outages").
-    c.outage = dict(max_failure_fraction=0.5, max_failed_steps=3)
+    c.outage = common.outage()
     c.export_hf = True
     # RLPT, optimisation (cold start): an SFT stage (instruction data, batch 1024, lr 2e-5
     # cosine, 3 epochs) before RLPT; None here because its data is not published: point
@@ -207,12 +195,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.mesh.update(data=1, fsdp=8, tensor=1)
         c.model.arch = "llama-3.2-3b"
     elif variant in ("cpu", "tiny"):
-        c.model.path = "embedded"
-        c.model.dtype = "float32"
-        c.model.remat = True  # a 16x256 float32 step peaks at ~14 GB without remat
-        # Fields are set one by one, never by replacing a dict, so that every field of
-        # the base stays overridable (--config.judge.http.* included).
-        c.mesh.update(data=-1, fsdp=1, tensor=1)
+        common.embedded_cpu(c)
         c.corpus.limit = 400 if variant == "cpu" else 40
         c.clean.min_chars = 200
         c.segments.context_max_tokens = 96
@@ -230,12 +213,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # An MSR prompt (instruction, a context of <= 96 tokens, s_{i+1}) reaches ~250
         # tokens; a longer one is cut from the left, losing its chat header.
         c.rollout.max_prompt_tokens = 256
-        c.rollout.cache_dtype = "float32"
         # A 135M model needs a larger step than the paper's 1e-6 to move in a few steps.
         c.optim.learning_rate = 2e-6
         c.train.steps = 8 if variant == "cpu" else 2
         c.train.micro_batch_size = 4
-        c.train.logprob_chunk = 256
         c.train.ntp_seq_len = 256
         c.train.ntp_batch_size = 8 if variant == "cpu" else 2
         c.eval.update(
@@ -246,8 +227,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             max_new_tokens=64 if variant == "cpu" else 12,
         )
         c.checkpoint.save_every = 4 if variant == "cpu" else 1
-        # One checkpoint on disk: 135M float32 weights plus both Adam moments are 1.6 GB.
-        c.checkpoint.max_to_keep = 1
         c.eval.at_start = variant == "cpu"  # the summary shows before and after RL
         # Cold start: SFT on demonstrations of the train split's tasks (the true next
         # sentence in the answer tags), so that the model emits predictions at all.

@@ -27,28 +27,19 @@ named in spec/rlpt.md (no section numbers there); "[ours]" marks a choice the pa
 open.
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 from ml_collections.config_dict import placeholder
+
+from configs import common, rlpt_qwen
 
 # The training recipe this config takes from RLPT, as the paper does (RLPT, optimisation:
 # RLVR on math afterwards, "same hyper-parameters"); see rlpt_qwen.py for each one's source.
 SHARED_WITH_RLPT = ("model", "mesh", "rollout", "advantage", "dapo", "loss", "optim", "train")
 
 
-def _rlpt_base() -> ml_collections.ConfigDict:
-    path = Path(__file__).with_name("rlpt_qwen.py")
-    spec = importlib.util.spec_from_file_location("rlpt_qwen", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.base()
-
-
 def base() -> ml_collections.ConfigDict:
     """RLPT's RL recipe on math problems; every choice the paper leaves open is [ours]."""
-    rlpt = _rlpt_base()
+    rlpt = rlpt_qwen.base()
     c = ml_collections.ConfigDict()
     c.method = "rlvr"
     c.seed = 0
@@ -59,9 +50,7 @@ def base() -> ml_collections.ConfigDict:
     c.rlvr = dict(
         train=placeholder(tuple),  # jsonl files with problem/answer, or rg:<generator>
         eval=(),  # further held-out sets, e.g. AIME jsonl files
-        train_size=0,  # jsonl: every line
-        heldout=64,  # [ours] held-out problems per train source
-        seed=0,
+        **common.math_problems(train_size=0),  # jsonl: every line
         # [ours] the instruction common with Qwen math models; the paper's RLVR prompt is not
         # in the spec. The answer is the last \boxed{} (issue 22).
         instruction="Please reason step by step, and put your final answer within \\boxed{}.",
@@ -72,7 +61,6 @@ def base() -> ml_collections.ConfigDict:
         pass_samples=64,
         eval_temperature=0.6,
         eval_top_p=0.95,
-        verifier=dict(timeout_s=2, deadline_s=10.0, max_answer_chars=1000),  # [ours] limits
     )
     # [ours] every 50 steps on 512 held-out problems; max_new_tokens: see pass_samples above.
     c.eval = dict(every=50, at_start=False, num_prompts=512, max_new_tokens=32768)
@@ -94,10 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.arch = "qwen3-8b"
     elif variant in ("cpu", "tiny"):
         cpu = variant == "cpu"
-        c.model.path = "embedded"
-        c.model.dtype = "float32"
-        c.model.remat = True
-        c.mesh.update(data=-1, fsdp=1, tensor=1)
+        common.embedded_cpu(c)
         # Two one-digit terms: SmolLM2-135M solves ~1 in 10 at T=1 once the response
         # starts with a box (measured: 8 problems x 8 samples, accuracy 0.09, half the
         # groups with mixed rewards), so GRPO has a signal; it rarely boxes on its own.
@@ -111,11 +96,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.rollout.samples_per_prompt = 8 if cpu else 2
         c.rollout.max_new_tokens = 8  # the rest of the box, and a little more
         c.rollout.max_prompt_tokens = 128
-        c.rollout.cache_dtype = "float32"
         c.optim.learning_rate = 1e-5 if cpu else 2e-6  # a 135M model moves in few steps
         c.train.steps = 8 if cpu else 2
         c.train.micro_batch_size = 16 if cpu else 4
-        c.train.logprob_chunk = 256
         c.eval.update(
             every=8 if cpu else 2,
             at_start=cpu,  # the summary shows before and after RL
@@ -123,7 +106,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             max_new_tokens=8,
         )
         c.checkpoint.save_every = 4 if cpu else 1
-        c.checkpoint.max_to_keep = 1  # 135M float32 weights + Adam moments: 1.6 GB each
     else:
         raise ValueError(
             f"unknown variant {variant!r} of rlvr_qwen.py; valid: qwen3_4b, qwen3_8b, cpu, tiny"
