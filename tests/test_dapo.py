@@ -10,7 +10,7 @@ from scripted_engine import ScriptedTurnEngine
 
 from rlpt_jax.algos.advantages import AdvantageConfig
 from rlpt_jax.algos.dapo import DAPOConfig, fill_groups, informative, overlong_penalty
-from rlpt_jax.rollout.policy import Completion, SampleSpec
+from rlpt_jax.rollout.policy import Completion, RolloutConfig, SampleSpec
 from rlpt_jax.rollout.rlpt import Scored, group_rollout
 from rlpt_jax.rollout.tree import TurnSample
 
@@ -134,9 +134,8 @@ def _rollout(tasks, refills, dapo, n=2):
         tasks,
         _reward,
         SampleSpec(max_new_tokens=4),
-        n,
+        RolloutConfig(samples_per_prompt=n, max_prompt_tokens=16),
         AdvantageConfig(),
-        16,
         seed=0,
         dapo=dapo,
         more_tasks=lambda: queue.pop(0),
@@ -364,9 +363,10 @@ def test_unscored_completions_leave_the_loss_and_the_group_statistics():
         failed = np.array([[False, False, True]])
         return Scored(np.array([[1.0, 0.0, 0.0]]), [[None] * 3], {}, failed)
 
+    rollout = RolloutConfig(samples_per_prompt=3, max_prompt_tokens=16)
     out = group_rollout(
-        _Policy(), [_task("t", None)], reward, SampleSpec(max_new_tokens=4), 3,
-        AdvantageConfig(), 16, seed=0,
+        _Policy(), [_task("t", None)], reward, SampleSpec(max_new_tokens=4), rollout,
+        AdvantageConfig(), seed=0,
     )  # fmt: skip
     mask, adv = np.asarray(out.batch.loss_mask), np.asarray(out.batch.advantages)
     assert mask[0].sum() > 0 and mask[1].sum() > 0 and mask[2].sum() == 0

@@ -112,3 +112,44 @@ def test_plan_agrees_with_xla_memory_analysis(overrides):
     assert abs(ratios["state"] - 1) < 0.01
     assert 0.9 <= ratios["working"] <= 1.6
     assert "sampler's copy of the weights" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "method, rows, seq",
+    [
+        ("rlpt", 4 * 4, 100 + 60),  # prompts x samples, prompt + completion
+        ("rlvr", 4 * 4, 100 + 60),
+        ("ntp", 24, 256),  # train.ntp_batch_size x train.ntp_seq_len
+        ("sft", 40, 384),  # sft.batch_rows x sft.seq_len
+        ("at2po", 4 * 22, 100 + 700),  # prompts x leaves, prompt + the tree's response budget
+    ],
+)
+def test_plan_sizes_each_methods_own_batch(method, rows, seq):
+    """The dry run plans the batch the method's loop trains on (SFT was planned as a
+    rollout before the methods gave their step shape). Rows are multiples of the 8
+    simulated devices, which the plan rounds up to."""
+    from rlpt_jax import parallel
+    from rlpt_jax.models.config import ModelConfig
+    from rlpt_jax.models.presets import preset
+    from rlpt_jax.train import dry_run
+    from rlpt_jax.train.experiment import from_config_dict
+
+    exp = from_config_dict(
+        {
+            "method": method,
+            "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
+            "rollout": {
+                "prompts_per_step": 4,
+                "samples_per_prompt": 4,
+                "max_prompt_tokens": 100,
+                "max_new_tokens": 60,
+            },
+            "train": {"ntp_batch_size": 24, "ntp_seq_len": 256},
+            "sft": {"batch_rows": 40, "seq_len": 384},
+            "tree": {"max_response_tokens": 700},
+        }
+    )
+    p = dry_run.plan(
+        exp, ModelConfig.from_hf_dict(preset("qwen3-0.6b")), parallel.make_mesh(exp.mesh)
+    )
+    assert (p.micro_rows, p.seq) == (rows, seq)

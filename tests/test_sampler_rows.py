@@ -6,7 +6,7 @@ from rlpt_jax.algos.advantages import AdvantageConfig
 from rlpt_jax.data.segments import Sample
 from rlpt_jax.data.tasks import TaskConfig, make_task
 from rlpt_jax.rewards.judges import make_judge
-from rlpt_jax.rollout.policy import Completion, SampleSpec
+from rlpt_jax.rollout.policy import Completion, RolloutConfig, SampleSpec
 from rlpt_jax.rollout.rlpt import rlpt_rollout
 
 
@@ -47,11 +47,9 @@ def test_rlpt_rollout_samples_in_waves_of_sampler_rows():
         _tasks(5),
         make_judge({"kind": "lexical"}),
         SampleSpec(max_new_tokens=4),
-        4,
+        RolloutConfig(samples_per_prompt=4, max_prompt_tokens=64, sampler_rows=8),
         AdvantageConfig(),
-        64,
         seed=0,
-        sampler_rows=8,
     )
     assert policy.rows == [8, 8, 4] and max(policy.rows) <= 8
     assert out.rewards.shape == (5, 4)
@@ -65,8 +63,8 @@ def test_method_passes_sampler_rows_to_the_rollout(monkeypatch):
 
     seen = {}
 
-    def fake_rollout(*args, **kwargs):
-        seen.update(kwargs)
+    def fake_rollout(policy, tasks, judge, spec, cfg, *args, **kwargs):
+        seen["sampler_rows"] = cfg.sampler_rows
         raise StopIteration
 
     monkeypatch.setattr(rollout_rlpt, "rlpt_rollout", fake_rollout)

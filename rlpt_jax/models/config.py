@@ -114,10 +114,6 @@ class ModelConfig:
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return None if self.rope_scaling is None else dict(self.rope_scaling)
 
-    @property
-    def hf_dict(self) -> dict[str, Any]:
-        return dict(self.hf_config)
-
     def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 

@@ -456,14 +456,6 @@ class Decoder(nnx.Module):
         new_cache = None if cache is None else Cache(k=kv[0], v=kv[1], pos=pos)
         return self.norm(x, numerics), new_cache
 
-    def unembed_matrix(self) -> jax.Array:
-        """[D, V] output projection (the transposed embedding when tied)."""
-        if self.cfg.tie_word_embeddings:
-            return self.embed_tokens[...].T
-        if self.numerics.transposed:
-            return self.lm_head[...].T
-        return self.lm_head[...]
-
     def logits(self, h: jax.Array) -> jax.Array:
         """h [..., D] → float32 logits [..., V]; the tied embedding (and a transposed head) is
         contracted as stored [V, D], without materialising its transpose."""

@@ -106,16 +106,6 @@ class TreeBatch:
     metrics: dict[str, float]
 
 
-def leaf_response(policy: Policy, tree: Tree, leaf: int) -> str:
-    """Decoded text of a leaf's trajectory after the prompt (model and tool tokens), for
-    display; the reward reads :func:`leaf_parts` instead."""
-    ids: list[int] = []
-    for nid in tree.path(leaf)[1:]:
-        n = tree.nodes[nid]
-        ids += n.tool_tokens + n.model_tokens
-    return policy.tokenizer.decode(ids)
-
-
 def leaf_parts(policy: Policy, tree: Tree, leaf: int) -> list[tuple[str, str]]:
     """A leaf's trajectory as ``("tool" | "model", text)`` pieces, each decoded on its
     own: the tree keeps the model's sampled tokens apart from inserted tool tokens."""

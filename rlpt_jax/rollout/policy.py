@@ -23,6 +23,42 @@ from rlpt_jax.sampling.sampler import Sampler, SamplerConfig, Session
 
 
 @dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Sampling of completions.
+
+    ``prompts_per_step`` prompts × ``samples_per_prompt`` completions per step (RLPT
+    paper: 512 × 8). ``max_prompt_tokens`` truncates prompts from the left (the most
+    recent text is kept); ``cache_dtype`` is the KV-cache dtype. ``sampler_rows``: most
+    sequences in the sampler at once (0 = all); larger batches are generated in waves, so
+    the KV cache is bounded (the paper's 512 × 8 × 10k tokens would need ~6 TB at once).
+    """
+
+    prompts_per_step: int = 512
+    samples_per_prompt: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 8192
+    max_prompt_tokens: int = 2048
+    cache_dtype: str = "bfloat16"
+    sampler_rows: int = 0
+
+    def __post_init__(self):
+        if self.prompts_per_step < 1 or self.samples_per_prompt < 1:
+            raise ValueError("prompts_per_step and samples_per_prompt must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.sampler_rows < 0:
+            raise ValueError(f"sampler_rows must be >= 0, got {self.sampler_rows}")
+        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ValueError("max_new_tokens and max_prompt_tokens must be >= 1")
+        if self.cache_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"cache_dtype must be float32 or bfloat16, got {self.cache_dtype!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class SampleSpec:
     """Sampling settings of a rollout (temperature 0 = greedy)."""
 

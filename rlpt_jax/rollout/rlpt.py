@@ -24,7 +24,7 @@ from rlpt_jax.algos.dapo import DAPOConfig, fill_groups, overlong_penalty
 from rlpt_jax.batch import RLBatch, bucket_length, make_batch, pad_batch
 from rlpt_jax.data.tasks import Task, extract_prediction
 from rlpt_jax.rewards.judges import Judge
-from rlpt_jax.rollout.policy import Completion, Policy, SampleSpec
+from rlpt_jax.rollout.policy import Completion, Policy, RolloutConfig, SampleSpec
 
 
 @dataclasses.dataclass
@@ -134,15 +134,14 @@ def _score_round(
     tasks: Sequence[Any],
     reward: RewardFn,
     spec: SampleSpec,
-    n: int,
-    max_prompt_tokens: int,
+    cfg: RolloutConfig,
     seed: int,
-    sampler_rows: int,
     dapo: DAPOConfig,
 ) -> tuple[list[_Group], dict[str, float]]:
-    """Sample ``n`` completions per task, score them, shape rewards by length (DAPO)."""
-    prompts = encode_prompts(policy, tasks, max_prompt_tokens)
-    groups = sample_groups(policy, prompts, n, spec, seed, sampler_rows)
+    """Sample ``cfg.samples_per_prompt`` completions per task, score them, shape rewards
+    by length (DAPO)."""
+    prompts = encode_prompts(policy, tasks, cfg.max_prompt_tokens)
+    groups = sample_groups(policy, prompts, cfg.samples_per_prompt, spec, seed, cfg.sampler_rows)
     texts = [[policy.tokenizer.decode(c.tokens) for c in g] for g in groups]
     scored = reward(tasks, texts)
     lengths = [[len(c.tokens) for c in g] for g in groups]
@@ -163,17 +162,16 @@ def group_rollout(
     tasks: Sequence[Any],
     reward: RewardFn,
     spec: SampleSpec,
-    n: int,
+    cfg: RolloutConfig,
     advantage: AdvantageConfig,
-    max_prompt_tokens: int,
     seed: int,
     row_multiple: int = 1,
-    sampler_rows: int = 0,
     dapo: DAPOConfig | None = None,
     more_tasks: Callable[[], Sequence[Any]] | None = None,
 ) -> RLPTRollout:
-    """Sample ``n`` completions of each task's ``prompt``, score them with ``reward`` and
-    build the batch with group advantages.
+    """Sample ``cfg.samples_per_prompt`` completions of each task's ``prompt`` (prompts cut
+    to ``cfg.max_prompt_tokens``, at most ``cfg.sampler_rows`` sequences at once), score
+    them with ``reward`` and build the batch with group advantages.
 
     With ``dapo.dynamic_sampling`` the groups whose rewards are all equal are dropped and
     ``more_tasks()`` supplies the prompts of each refill round
@@ -189,10 +187,7 @@ def group_rollout(
     def sample_round(r: int) -> list[_Group]:
         round_tasks = tasks if r == 0 else more_tasks()
         round_seed = seed + 104729 * r  # round 0 samples exactly as without DAPO
-        out, m = _score_round(
-            policy, round_tasks, reward, spec, n, max_prompt_tokens, round_seed,
-            sampler_rows, dapo,
-        )  # fmt: skip
+        out, m = _score_round(policy, round_tasks, reward, spec, cfg, round_seed, dapo)
         sampled.extend(out)
         for k, v in m.items():
             reward_metrics[k] = reward_metrics.get(k, 0.0) + float(v)
@@ -210,7 +205,7 @@ def group_rollout(
     rewards = np.stack([g.rewards for g in kept])
     failed = np.stack([g.failed for g in kept])
     adv = _advantages(rewards, failed, advantage)
-    flat_prompts = [g.prompt for g in kept for _ in range(n)]
+    flat_prompts = [g.prompt for g in kept for _ in range(cfg.samples_per_prompt)]
     flat_comps = [c for g in kept for c in g.completions]
     batch = rows_batch(
         flat_prompts, flat_comps, adv.reshape(-1), policy.pad_id, row_multiple,
@@ -256,20 +251,18 @@ def rlpt_rollout(
     tasks: Sequence[Task],
     judge: Judge,
     spec: SampleSpec,
-    n: int,
+    cfg: RolloutConfig,
     advantage: AdvantageConfig,
-    max_prompt_tokens: int,
     seed: int,
     row_multiple: int = 1,
-    sampler_rows: int = 0,
     dapo: DAPOConfig | None = None,
     more_tasks: Callable[[], Sequence[Task]] | None = None,
 ) -> RLPTRollout:
     """:func:`group_rollout` with the judge's reward (:func:`judge_reward`)."""
+    reward = functools.partial(judge_reward, judge)
     return group_rollout(
-        policy, tasks, functools.partial(judge_reward, judge), spec, n, advantage,
-        max_prompt_tokens, seed, row_multiple, sampler_rows, dapo, more_tasks,
-    )  # fmt: skip
+        policy, tasks, reward, spec, cfg, advantage, seed, row_multiple, dapo, more_tasks
+    )
 
 
 def _metrics(groups: Sequence[_Group]) -> dict[str, float]:

@@ -343,10 +343,6 @@ class Session:
         self._check_rows([row])
         return list(self._tokens[row])
 
-    @property
-    def live_rows(self) -> list[int]:
-        return [r for r, t in enumerate(self._tokens) if t is not None]
-
     def _check_rows(self, rows: Sequence[int]) -> None:
         if len(set(rows)) != len(rows):
             raise SamplerError(f"rows must be distinct, got {list(rows)}")

@@ -40,7 +40,6 @@ band). Slow for multi-billion-parameter models on a CPU.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from rlpt_jax.models.config import ModelConfig
 from rlpt_jax.models.decoder import abstract_model
 from rlpt_jax.models.presets import preset
 from rlpt_jax.train.experiment import EMBEDDED, ExperimentConfig, from_config_dict
+from rlpt_jax.train.methods import method_class
 
 _BYTES = {"float32": 4, "bfloat16": 2}
 GiB = 2**30
@@ -125,14 +125,7 @@ def plan(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> Plan:
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     tp = mesh.shape["tensor"]
     tr = exp.train
-    if exp.method == "ntp":
-        rows, seq = tr.ntp_batch_size, tr.ntp_seq_len
-    elif exp.method == "at2po":
-        rows = exp.rollout.prompts_per_step * exp.tree.num_leaves
-        seq = exp.rollout.max_prompt_tokens + exp.tree.max_response_tokens
-    else:
-        rows = exp.rollout.prompts_per_step * exp.rollout.samples_per_prompt
-        seq = exp.rollout.max_prompt_tokens + exp.rollout.max_new_tokens
+    rows, seq = method_class(exp.method).step_shape(exp)
     per_update = max(1, rows // tr.mini_batches)
     micro_rows = tr.micro_batch_size or per_update
     rows_dev = max(1, math.ceil(micro_rows / batch_shards))
@@ -277,7 +270,3 @@ def _materialise(cfg: ModelConfig):
     from rlpt_jax.models.decoder import init_model
 
     return init_model(cfg)
-
-
-def plan_json(p: Plan) -> str:
-    return json.dumps({"mesh": p.mesh_shape, "bytes": p.bytes}, indent=2)

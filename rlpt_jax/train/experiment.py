@@ -31,6 +31,7 @@ from rlpt_jax.envs.search_env import SearchEnvConfig
 from rlpt_jax.parallel import MeshConfig
 from rlpt_jax.rewards.judges import JudgeConfig
 from rlpt_jax.rewards.math_verifier import VerifierConfig
+from rlpt_jax.rollout.policy import RolloutConfig
 from rlpt_jax.rollout.tree import TreeConfig
 from rlpt_jax.train.state import OptimConfig
 
@@ -117,48 +118,6 @@ class ModelSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class RolloutConfig:
-    """Sampling of completions.
-
-    ``prompts_per_step`` prompts × ``samples_per_prompt`` completions per step (RLPT
-    paper: 512 × 8). ``max_prompt_tokens`` truncates prompts from the left (the most
-    recent text is kept); ``cache_dtype`` is the KV-cache dtype. ``sampler_rows``: most
-    sequences in the sampler at once (0 = all); larger batches are generated in waves, so
-    the KV cache is bounded (the paper's 512 × 8 × 10k tokens would need ~6 TB at once).
-    """
-
-    prompts_per_step: int = 512
-    samples_per_prompt: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 8192
-    max_prompt_tokens: int = 2048
-    cache_dtype: str = "bfloat16"
-    sampler_rows: int = 0
-
-    def __post_init__(self):
-        if self.prompts_per_step < 1 or self.samples_per_prompt < 1:
-            raise ExperimentConfigError(
-                "rollout.prompts_per_step and samples_per_prompt must be >= 1"
-            )
-        if self.temperature < 0:
-            raise ExperimentConfigError(f"rollout.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ExperimentConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
-        if self.sampler_rows < 0:
-            raise ExperimentConfigError(
-                f"rollout.sampler_rows must be >= 0, got {self.sampler_rows}"
-            )
-        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
-            raise ExperimentConfigError("rollout.max_new_tokens and max_prompt_tokens must be >= 1")
-        if self.cache_dtype not in ("float32", "bfloat16"):
-            raise ExperimentConfigError(
-                f"rollout.cache_dtype must be float32 or bfloat16, got {self.cache_dtype!r}"
-            )
-
-
-@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Steps and batching of the update.
 
@@ -236,12 +195,14 @@ class SearchConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class QAMathConfig:
-    """Problems of ``qa.reward="math"`` (the RLVR problem loader,
+class MathProblemsConfig:
+    """How many math problems to read and check, for ``qa.math`` (AT²PO's
+    ``qa.reward="math"``) and ``rlvr`` alike (the loader is
     :func:`rlpt_jax.data.math_problems.build_math_data`): ``train_size`` problems per
-    generator (jsonl: at most this many lines, 0 = all), ``heldout`` problems of the train
-    source kept out of training for evaluation, ``seed`` seeds the problems (not the run);
-    ``verifier``: the answer check's time and size limits."""
+    generator (jsonl: at most this many lines, 0 = all), ``heldout`` problems per train
+    source kept out of training for evaluation, ``seed`` seeds the problems, not the run,
+    so every seed of a comparison sees the same ones; ``verifier``: the answer check's
+    time and size limits."""
 
     train_size: int = 10_000
     heldout: int = 64
@@ -250,7 +211,9 @@ class QAMathConfig:
 
     def __post_init__(self):
         if self.heldout < 0 or self.train_size < 0:
-            raise ExperimentConfigError("qa.math.heldout and qa.math.train_size must be >= 0")
+            raise ValueError(
+                f"heldout and train_size must be >= 0, got {self.heldout}, {self.train_size}"
+            )
 
 
 QA_REWARDS = ("em", "math")
@@ -276,7 +239,7 @@ class QAConfig:
     format_penalty: float = -1.0
     system_prompt: str | None = None
     reward: str = "em"
-    math: QAMathConfig = dataclasses.field(default_factory=QAMathConfig)
+    math: MathProblemsConfig = dataclasses.field(default_factory=MathProblemsConfig)
 
     def __post_init__(self):
         if self.reward not in QA_REWARDS:
@@ -286,43 +249,35 @@ class QAConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RLVRConfig:
+class RLVRConfig(MathProblemsConfig):
     """RLVR (``method="rlvr"``): the configured loss on problems with checkable answers.
 
     ``train``: problem sources (``rlpt_jax.data.math_problems``), jsonl files with
     ``problem`` and ``answer`` fields or reasoning-gym generators
-    ``rg:<name>[:key=value,...]``; ``eval``: further held-out sources (an AIME jsonl).
-    ``train_size``: problems per generator (jsonl: at most this many lines, 0 = all);
-    ``heldout``: problems per train source kept out of training for evaluation. ``seed``
-    seeds the problems, not the run, so every seed of a comparison sees the same ones.
+    ``rg:<name>[:key=value,...]``; ``eval``: further held-out sources (an AIME jsonl);
+    how many are read and how they are checked: :class:`MathProblemsConfig`.
     ``instruction`` follows each problem; ``response_prefix`` starts every response (put
     after the prompt, and in front of the completion when it is checked): a small model
     that does not yet box its answers can be started at ``"The answer is \\boxed{"``.
     ``format_penalty`` is the reward of a response with no ``\\boxed{}`` (0: a plain
-    1/0 reward). ``verifier``: the answer check's time and size limits. Evaluation:
-    ``pass_samples`` samples per held-out problem at ``eval_temperature`` /
-    ``eval_top_p`` (the paper: 64, 0.6, 0.95) give Pass@k for k = 1, 2, 4, …,
-    ``pass_samples``.
+    1/0 reward). Evaluation: ``pass_samples`` samples per held-out problem at
+    ``eval_temperature`` / ``eval_top_p`` (the paper: 64, 0.6, 0.95) give Pass@k for
+    k = 1, 2, 4, …, ``pass_samples``.
     """
 
     train: tuple[str, ...] = ("rg:chain_sum",)
     eval: tuple[str, ...] = ()
-    train_size: int = 10_000
-    heldout: int = 64
-    seed: int = 0
     instruction: str = "Please reason step by step, and put your final answer within \\boxed{}."
     response_prefix: str = ""
     format_penalty: float = 0.0
     pass_samples: int = 8
     eval_temperature: float = 0.6
     eval_top_p: float = 0.95
-    verifier: VerifierConfig = dataclasses.field(default_factory=VerifierConfig)
 
     def __post_init__(self):
-        if self.pass_samples < 1 or self.heldout < 0 or self.train_size < 0:
-            raise ExperimentConfigError(
-                "rlvr.pass_samples must be >= 1, rlvr.heldout and rlvr.train_size >= 0"
-            )
+        super().__post_init__()
+        if self.pass_samples < 1:
+            raise ExperimentConfigError("rlvr.pass_samples must be >= 1")
         if self.eval_temperature < 0 or not 0 < self.eval_top_p <= 1:
             raise ExperimentConfigError(
                 "rlvr.eval_temperature must be >= 0 and rlvr.eval_top_p in (0, 1]"

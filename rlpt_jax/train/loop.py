@@ -146,7 +146,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     graphdef = state.graphdef
     objective = data.objective()
     rows_per_shard = mesh.shape["data"] * mesh.shape["fsdp"]
-    rows = data.rows_per_step()
+    rows, _ = data.step_shape(exp)
     per_update = -(-rows // exp.train.mini_batches)
     micro = -(-per_update // exp.train.micro_batch_size) if exp.train.micro_batch_size else 1
     row_multiple = rows_per_shard * exp.train.mini_batches * micro

@@ -48,7 +48,11 @@ class Method(Protocol):
     stop_strings: tuple[str, ...]
     samples: bool  # whether batches come from the policy's own samples
 
-    def rows_per_step(self) -> int: ...
+    @staticmethod
+    def step_shape(exp: ExperimentConfig) -> tuple[int, int]:
+        """Rows of one step's batch and their longest sequence, from the config alone (the
+        loop sizes the update with it, ``--dry_run`` plans memory with it)."""
+        ...
 
     def objective(self) -> Objective: ...
 
@@ -64,18 +68,13 @@ class ServiceOutage(RuntimeError):
     policy, :class:`rlpt_jax.train.experiment.OutageConfig`).
 
     Raised by a method's ``next_batch`` after the step's data was consumed; the loop skips
-    the step, logs ``metrics`` (the step's counts) and counts it.
+    the step, logs ``metrics`` (the step's counts, :func:`service_counts` among them) and
+    counts it.
     """
 
-    def __init__(
-        self,
-        service: str,
-        url: str,
-        failures: int,
-        requests: int,
-        reason: str | None,
-        metrics: dict[str, float],
-    ):
+    def __init__(self, service: str, url: str, reason: str | None, metrics: dict[str, float]):
+        failures = int(metrics[f"outage/{service}_failures"])
+        requests = int(metrics[f"outage/{service}_requests"])
         last = f"; last error: {reason}" if reason else ""
         super().__init__(f"{service} {url}: {failures} of {requests} requests failed{last}")
         self.service, self.url, self.reason = service, url, reason
@@ -101,10 +100,10 @@ def check_service(
     """Raise :class:`ServiceOutage` if more than ``outage.max_failure_fraction`` of the
     step's requests to ``service`` (counted in ``metrics``) failed."""
     limit = outage.max_failure_fraction
-    failures = int(metrics[f"outage/{service}_failures"])
-    requests = int(metrics[f"outage/{service}_requests"])
+    failures = metrics[f"outage/{service}_failures"]
+    requests = metrics[f"outage/{service}_requests"]
     if requests and failures > limit * requests:
-        raise ServiceOutage(service, url, failures, requests, reason, metrics)
+        raise ServiceOutage(service, url, reason, metrics)
 
 
 def judge_url(exp: ExperimentConfig) -> str:
@@ -169,10 +168,12 @@ class RLPTMethod:
         self.judge.probe()  # a dead judge URL fails here, naming it, not after a rollout
 
     # -- training batches -----------------------------------------------------------
-    def rows_per_step(self) -> int:
-        if self.ntp:
-            return self.exp.train.ntp_batch_size
-        return self.exp.rollout.prompts_per_step * self.exp.rollout.samples_per_prompt
+    @staticmethod
+    def step_shape(exp: ExperimentConfig) -> tuple[int, int]:
+        if exp.method == "ntp":
+            return exp.train.ntp_batch_size, exp.train.ntp_seq_len
+        r = exp.rollout
+        return r.prompts_per_step * r.samples_per_prompt, r.max_prompt_tokens + r.max_new_tokens
 
     def objective(self) -> Objective:
         return nll_objective() if self.ntp else policy_objective(self.exp.loss)
@@ -193,25 +194,16 @@ class RLPTMethod:
                 self.next_tasks(),
                 self.judge,
                 spec,
-                self.exp.rollout.samples_per_prompt,
+                self.exp.rollout,
                 self.exp.advantage,
-                self.exp.rollout.max_prompt_tokens,
                 seed,
                 row_multiple,
-                sampler_rows=self.exp.rollout.sampler_rows,
                 dapo=self.exp.dapo,
                 more_tasks=self.next_tasks,  # DAPO's refill rounds
             )
         except JudgeUnavailableError as e:  # the judge's own limit: a failed step too
             m = self._judge_metrics(before)
-            raise ServiceOutage(
-                "judge",
-                judge_url(self.exp),
-                int(m["outage/judge_failures"]),
-                int(m["outage/judge_requests"]),
-                str(e),
-                m,
-            ) from e
+            raise ServiceOutage("judge", judge_url(self.exp), str(e), m) from e
         m = dict(out.metrics)
         m.update(self._judge_metrics(before))
         check_service(self.exp.outage, "judge", judge_url(self.exp), None, m)
@@ -245,15 +237,7 @@ class RLPTMethod:
         seg = np.concatenate(rows_seg)[: tr.ntp_batch_size]
         prev = np.pad(seg[:, :-1], ((0, 0), (1, 0)))
         mask = ((seg > 0) & (seg == prev)).astype(np.float32)
-        zeros = np.zeros(tokens.shape, np.float32)
-        batch = make_batch(tokens, mask, zeros, zeros, segment_ids=seg)
-        b = tokens.shape[0]
-        batch = pad_batch(
-            batch,
-            length=tokens.shape[1],
-            rows=-(-b // row_multiple) * row_multiple,
-            pad_id=self.tokenizer.pad_id,
-        )
+        batch = _nll_batch(tokens, seg, mask, self.tokenizer.pad_id, row_multiple)
         return batch, {"ntp/docs": float(docs), "ntp/tokens": float(mask.sum())}
 
     # -- evaluation -----------------------------------------------------------------
@@ -369,8 +353,10 @@ class AT2POMethod:
         )
         self.counts.update({f"eval_{k}": len(v) for k, v in self.eval_sets.items()})
 
-    def rows_per_step(self) -> int:
-        return self.exp.rollout.prompts_per_step * self.exp.tree.num_leaves
+    @staticmethod
+    def step_shape(exp: ExperimentConfig) -> tuple[int, int]:
+        rows = exp.rollout.prompts_per_step * exp.tree.num_leaves
+        return rows, exp.rollout.max_prompt_tokens + exp.tree.max_response_tokens
 
     def objective(self) -> Objective:
         return policy_objective(self.exp.loss)
@@ -666,8 +652,9 @@ class SFTMethod:
             for c in conversations
         ]
 
-    def rows_per_step(self) -> int:
-        return self.cfg.batch_rows
+    @staticmethod
+    def step_shape(exp: ExperimentConfig) -> tuple[int, int]:
+        return exp.sft.batch_rows, exp.sft.seq_len
 
     def objective(self) -> Objective:
         return nll_objective()
@@ -686,7 +673,9 @@ class SFTMethod:
                 rows, fill = rows + 1, 0
             picked.append(self.train[i])
             fill += n
-        batch = _packed_batch(picked, self.cfg.seq_len, self.tokenizer.pad_id, row_multiple)
+        pad_id = self.tokenizer.pad_id
+        tokens, seg, mask = sft_data.pack_examples(picked, self.cfg.seq_len, pad_id)
+        batch = _nll_batch(tokens, seg, mask, pad_id, row_multiple)
         return batch, {
             "sft/examples": float(len(picked)),
             "sft/loss_tokens": float(np.asarray(batch.loss_mask).sum()),
@@ -718,21 +707,23 @@ def _cap(items: list, n: int) -> list:
     return items[:n] if n else items
 
 
-def _packed_batch(examples, seq_len: int, pad_id: int, row_multiple: int) -> RLBatch:
-    tokens, seg, mask = sft_data.pack_examples(examples, seq_len, pad_id)
+def _nll_batch(tokens, seg, mask, pad_id: int, row_multiple: int) -> RLBatch:
+    """A next-token-loss batch of packed rows (no advantages, no old log-probs), padded to
+    a multiple of ``row_multiple`` rows."""
     zeros = np.zeros(tokens.shape, np.float32)
     batch = make_batch(tokens, mask, zeros, zeros, segment_ids=seg)
     rows = -(-tokens.shape[0] // row_multiple) * row_multiple
-    return pad_batch(batch, length=seq_len, rows=rows, pad_id=pad_id)
+    return pad_batch(batch, length=tokens.shape[1], rows=rows, pad_id=pad_id)
+
+
+def method_class(name: str) -> type:
+    """The :class:`Method` implementation of ``config.method``."""
+    if name == "rlvr":
+        from rlpt_jax.train.rlvr import RLVRMethod  # it builds on this module's Evaluation
+
+        return RLVRMethod
+    return {"at2po": AT2POMethod, "sft": SFTMethod}.get(name, RLPTMethod)
 
 
 def build_data(exp: ExperimentConfig, tokenizer: Tokenizer, use_chat: bool) -> Method:
-    if exp.method == "at2po":
-        return AT2POMethod(exp, tokenizer, use_chat)
-    if exp.method == "sft":
-        return SFTMethod(exp, tokenizer, use_chat)
-    if exp.method == "rlvr":
-        from rlpt_jax.train.rlvr import RLVRMethod  # it builds on this module's Evaluation
-
-        return RLVRMethod(exp, tokenizer, use_chat)
-    return RLPTMethod(exp, tokenizer, use_chat)
+    return method_class(exp.method)(exp, tokenizer, use_chat)

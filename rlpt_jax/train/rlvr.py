@@ -24,7 +24,7 @@ from rlpt_jax.rewards.pass_at_k import pass_at_ks, powers_of_two
 from rlpt_jax.rollout.policy import Policy, SampleSpec
 from rlpt_jax.rollout.rlpt import Scored, encode_prompts, group_rollout, sample_groups
 from rlpt_jax.train.experiment import ExperimentConfig
-from rlpt_jax.train.methods import Evaluation
+from rlpt_jax.train.methods import Evaluation, RLPTMethod
 from rlpt_jax.train.steps import Objective, policy_objective
 
 
@@ -82,8 +82,7 @@ class RLVRMethod:
         self.verifier = MathVerifier(cfg.verifier)
         self.verifier.probe()  # a missing math-verify fails here, not after a rollout
 
-    def rows_per_step(self) -> int:
-        return self.exp.rollout.prompts_per_step * self.exp.rollout.samples_per_prompt
+    step_shape = staticmethod(RLPTMethod.step_shape)  # its rollout is RLPT's group rollout
 
     def objective(self) -> Objective:
         return policy_objective(self.exp.loss)
@@ -124,12 +123,10 @@ class RLVRMethod:
             self.next_tasks(),
             self.reward,
             spec,
-            self.exp.rollout.samples_per_prompt,
+            self.exp.rollout,
             self.exp.advantage,
-            self.exp.rollout.max_prompt_tokens,
             seed,
             row_multiple,
-            sampler_rows=self.exp.rollout.sampler_rows,
             dapo=self.exp.dapo,
             more_tasks=self.next_tasks,  # DAPO's refill rounds
         )

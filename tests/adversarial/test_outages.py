@@ -302,15 +302,19 @@ def _dead_url() -> str:
 # -- the loop stops after too many failed steps ------------------------------------------------
 
 
+def _counts(failures: int, requests: int) -> dict[str, float]:
+    return methods.service_counts("retriever", failures, requests)
+
+
 def test_consecutive_skipped_steps_end_the_run_with_the_url_and_counts():
     from rlpt_jax.train.loop import _OutageTracker
 
     tracker = _OutageTracker(OutageConfig(max_failed_steps=2))
-    down = methods.ServiceOutage("retriever", "http://r:8000", 3, 3, "HTTP 503", {})
+    down = methods.ServiceOutage("retriever", "http://r:8000", "HTTP 503", _counts(3, 3))
     assert tracker.skip(4, down) is False
     tracker.passed()  # a good step in between starts the count again
     assert tracker.skip(6, down) is False
-    assert tracker.skip(7, methods.ServiceOutage("retriever", "http://r:8000", 2, 4, None, {}))
+    assert tracker.skip(7, methods.ServiceOutage("retriever", "http://r:8000", None, _counts(2, 4)))
     message = str(tracker.error(Path("/run/checkpoints/7")))
     assert "retriever http://r:8000" in message
     assert "step 6: 3/3, step 7: 2/4" in message and "step 4" not in message
