@@ -21,6 +21,11 @@ used instead, and moved to ``directory/corrupt/`` so the resumed run can save th
 number again. A step without a manifest (written before manifests were committed with the
 step) is trusted as far as Orbax can read it.
 
+The manifest also records the caller's ``layout``: a name for the structure of the saved
+state (``rlpt_jax.train.state.STATE_LAYOUT``). A step of another layout is not corrupt but
+written by another version of the code: restoring it raises :class:`LayoutError`, which
+says so and leaves the step where it is.
+
 A save that fails raises :class:`CheckpointError` naming the step directory: at the failing
 ``save`` when its directory cannot be created (a read-only or missing folder), else at the
 first ``save`` or :meth:`Checkpointer.check` after the background write failed (a full
@@ -59,6 +64,11 @@ _ITEMS = ("state", "extra", "meta")
 _FORMAT = 1
 
 
+_LAYOUT_ADVICE = (
+    "Resume it with the rlpt_jax version that wrote it (its export, hf_export/, loads "
+    "in any version), or start this run in a new --workdir."
+)
+
 # Orbax's own commit records at the top of a step directory, rewritten by the rename that
 # commits the step, after the manifest is written: not covered by the manifest.
 _COMMIT_FILES = frozenset({"_CHECKPOINT_METADATA", atomicity.COMMIT_SUCCESS_FILE})
@@ -66,6 +76,10 @@ _COMMIT_FILES = frozenset({"_CHECKPOINT_METADATA", atomicity.COMMIT_SUCCESS_FILE
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used (corrupt, or not matching the target) or written."""
+
+
+class LayoutError(CheckpointError):
+    """A checkpoint written with another state layout than the one restoring it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +212,11 @@ def _list_files(step_dir: Path) -> list[Path]:
     )
 
 
-def write_manifest(step_dir: str | os.PathLike, checksum: bool = False) -> None:
-    """Record the size (and SHA-256 if ``checksum``) of every file under ``step_dir``."""
+def write_manifest(
+    step_dir: str | os.PathLike, checksum: bool = False, layout: str | None = None
+) -> None:
+    """Record the size (and SHA-256 if ``checksum``) of every file under ``step_dir``, and
+    the state's ``layout``."""
     step_dir = Path(step_dir)
     files = {}
     for p in _list_files(step_dir):
@@ -208,8 +225,17 @@ def write_manifest(step_dir: str | os.PathLike, checksum: bool = False) -> None:
             entry["sha256"] = _file_digest(p)
         files[p.relative_to(step_dir).as_posix()] = entry
     tmp = step_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"format": _FORMAT, "files": files}, indent=1))
+    tmp.write_text(json.dumps({"format": _FORMAT, "layout": layout, "files": files}, indent=1))
     os.replace(tmp, step_dir / MANIFEST)
+
+
+def read_manifest(step_dir: str | os.PathLike) -> dict | None:
+    """A step's manifest, None if it has none or it cannot be read."""
+    try:
+        manifest = json.loads((Path(step_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def verify_manifest(step_dir: str | os.PathLike) -> str | None:
@@ -241,20 +267,22 @@ class _StepWithManifest(atomicity.AtomicRenameTemporaryPath):
 
     Orbax uses this class for the item directories inside a step too; only the step
     directory itself (a child of ``root``) gets a manifest. Subclassed per
-    :class:`Checkpointer` to set ``root`` and ``checksum``.
+    :class:`Checkpointer` to set ``root``, ``checksum`` and ``layout``.
     """
 
     root: Path
     checksum: bool = False
+    layout: str | None = None
 
     async def finalize(self) -> None:
         if Path(self.get_final()).parent == self.root:
-            await asyncio.to_thread(write_manifest, Path(self.get()), self.checksum)
+            await asyncio.to_thread(write_manifest, Path(self.get()), self.checksum, self.layout)
         await super().finalize()
 
 
-def _step_path_class(root: Path, checksum: bool) -> type[_StepWithManifest]:
-    return type("StepWithManifest", (_StepWithManifest,), {"root": root, "checksum": checksum})
+def _step_path_class(root: Path, checksum: bool, layout: str | None) -> type:
+    fields = {"root": root, "checksum": checksum, "layout": layout}
+    return type("StepWithManifest", (_StepWithManifest,), fields)
 
 
 class Checkpointer:
@@ -273,12 +301,19 @@ class Checkpointer:
 
     Every process of a multi-host run must make the same calls; files are written to a
     file system all processes share, and process 0 writes manifests.
+
+    ``layout`` names the structure of the state (see the module docstring): it is recorded
+    with every step, and a step recorded with another one is refused on restore.
     """
 
     def __init__(
-        self, directory: str | os.PathLike, config: CheckpointConfig | None = None
+        self,
+        directory: str | os.PathLike,
+        config: CheckpointConfig | None = None,
+        layout: str | None = None,
     ) -> None:
         self.directory = Path(directory).absolute()
+        self.layout = layout
         self.config = config or CheckpointConfig()
         cfg = self.config
         preserve: list[ocm.PreservationPolicy] = [ocm.LatestN(n=cfg.max_to_keep)]
@@ -304,7 +339,7 @@ class Checkpointer:
             # that save, and no background thread is left waiting for a directory that
             # will never exist (with asynchronous creation the process hung at exit).
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
-            temporary_path_class=_step_path_class(self.directory, cfg.checksum),
+            temporary_path_class=_step_path_class(self.directory, cfg.checksum, layout),
             create=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
@@ -432,6 +467,7 @@ class Checkpointer:
         ``CheckpointError`` if the step fails its manifest check or cannot be read.
         """
         self.wait()
+        self._check_layout(step)
         problem = verify_manifest(self.step_dir(step))
         if problem is not None:
             raise CheckpointError(
@@ -448,19 +484,35 @@ class Checkpointer:
                 ),
             )
         except Exception as e:  # Orbax and TensorStore raise bare Exceptions on bad data.
+            problem = f"{type(e).__name__}: {str(e)[:500]}"
+            manifest = read_manifest(self.step_dir(step))
+            if self.layout and manifest is not None and not manifest.get("layout"):
+                raise LayoutError(  # most likely written before layouts were recorded
+                    f"checkpoint step {step} in {self.directory} records no state layout "
+                    f"and does not fit this version's ({self.layout}): it was probably "
+                    f"written by an older rlpt_jax. {_LAYOUT_ADVICE} ({problem})"
+                ) from e
             raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} cannot be restored: "
-                f"{type(e).__name__}: {str(e)[:500]}"
+                f"checkpoint step {step} in {self.directory} cannot be restored: {problem}"
             ) from e
         state = _decode_keys(out.state, target_like, out.meta.get("key_impls", {}))
         return Restored(step=step, state=state, extra=dict(out.extra))
+
+    def _check_layout(self, step: int) -> None:
+        found = (read_manifest(self.step_dir(step)) or {}).get("layout")
+        if self.layout and found and found != self.layout:
+            raise LayoutError(
+                f"checkpoint step {step} in {self.directory} has state layout {found!r}, "
+                f"this version of rlpt_jax writes {self.layout!r}. {_LAYOUT_ADVICE}"
+            )
 
     def restore_latest(self, target_like: Any) -> Restored | None:
         """Restore the newest usable checkpoint, or None if there is none (fresh start).
 
         Corrupt newer steps are skipped with a warning naming them and the step restored,
         and moved to ``directory/corrupt/``. If checkpoints exist but none can be restored,
-        raises ``CheckpointError`` listing each step's failure.
+        raises ``CheckpointError`` listing each step's failure. A step of another layout
+        raises :class:`LayoutError` at once, and nothing is moved.
         """
         if not self.directory.is_dir():
             return None
@@ -473,6 +525,8 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 restored = self.restore(step, target_like)
+            except LayoutError:
+                raise
             except CheckpointError as e:
                 failures.append((step, e))
                 continue

@@ -26,6 +26,7 @@ from rlpt_jax.checkpoint import (
     CheckpointConfig,
     Checkpointer,
     CheckpointError,
+    LayoutError,
     verify_manifest,
 )
 from rlpt_jax.parallel import MeshConfig, make_mesh
@@ -364,7 +365,7 @@ def test_a_failed_background_write_stops_the_next_step(tmp_path, monkeypatch):
     the step, and again at close, which still releases Orbax's threads."""
     from rlpt_jax import checkpoint as ckpt_lib
 
-    def full_disk(step_dir, checksum=False):
+    def full_disk(step_dir, checksum=False, layout=None):
         raise OSError(28, "No space left on device")
 
     ckpt = Checkpointer(tmp_path, CheckpointConfig(save_every=2))
@@ -379,3 +380,35 @@ def test_a_failed_background_write_stops_the_next_step(tmp_path, monkeypatch):
         ckpt.close()
     assert [t.name for t in threading.enumerate() if not t.daemon] == ["MainThread"]
     assert not ckpt.step_dir(2).exists()  # never committed
+
+
+def test_the_manifest_records_the_layout_and_another_layout_is_refused(tmp_path):
+    """A step saved under one state layout is refused by a checkpointer of another, with a
+    message that says so, and stays where it is (it is not corrupt)."""
+    state = _state()
+    with Checkpointer(tmp_path, CheckpointConfig(save_every=1), layout="old-tree") as ckpt:
+        ckpt.save(1, state)
+        ckpt.wait()
+    assert json.loads((tmp_path / "1" / MANIFEST).read_text())["layout"] == "old-tree"
+    with Checkpointer(tmp_path, CheckpointConfig(save_every=1), layout="new-tree") as ckpt:
+        with pytest.raises(LayoutError, match=r"layout 'old-tree', this version .* 'new-tree'"):
+            ckpt.restore_latest(state)
+        assert ckpt.all_steps() == [1] and not (tmp_path / CORRUPT_DIR).exists()
+    with Checkpointer(tmp_path, CheckpointConfig(save_every=1), layout="old-tree") as ckpt:
+        _leaves_equal(ckpt.restore_latest(state).state, state)
+
+
+def test_a_step_from_before_layouts_that_does_not_fit_says_so(tmp_path):
+    """A manifest without a layout (written before layouts were recorded) whose tree does
+    not fit: the error says an older version wrote it; nothing is moved to corrupt/."""
+    with Checkpointer(tmp_path, CheckpointConfig(save_every=1)) as ckpt:
+        ckpt.save(1, _state())
+        ckpt.wait()
+    manifest = json.loads((tmp_path / "1" / MANIFEST).read_text())
+    del manifest["layout"]
+    (tmp_path / "1" / MANIFEST).write_text(json.dumps(manifest))
+    other = {"w": jnp.zeros((3, 5))}  # another tree, as the stacked layers were
+    with Checkpointer(tmp_path, CheckpointConfig(save_every=1), layout="stacked") as ckpt:
+        with pytest.raises(LayoutError, match=r"records no state layout .* older rlpt_jax"):
+            ckpt.restore_latest(other)
+        assert ckpt.all_steps() == [1] and not (tmp_path / CORRUPT_DIR).exists()

@@ -51,6 +51,7 @@ from rlpt_jax.rollout.policy import Policy, SampleSpec
 from rlpt_jax.train import methods
 from rlpt_jax.train.experiment import ExperimentConfig, OutageConfig, from_config_dict
 from rlpt_jax.train.state import (
+    STATE_LAYOUT,
     OptimConfig,
     create_train_state,
     make_optimizer,
@@ -165,7 +166,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     )
 
     # 5. Resume ------------------------------------------------------------------------
-    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", exp.checkpoint)
+    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", exp.checkpoint, STATE_LAYOUT)
     start = 0
     restored = ckpt.restore_latest(state)
     if restored is not None:

@@ -106,6 +106,13 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
 
 
+# The structure of a saved TrainState, recorded with every checkpoint: change it with the
+# tree (a renamed field, another parameter layout) so that older checkpoints are refused
+# with a message that says why. "stacked-layers": the decoder's layers as one Block of
+# [L, ...] parameters (commit a106610); before it, one Block per layer (none recorded).
+STATE_LAYOUT = "stacked-layers"
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TrainState:
