@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -104,6 +106,31 @@ def check_service(
     requests = metrics[f"outage/{service}_requests"]
     if requests and failures > limit * requests:
         raise ServiceOutage(service, url, reason, metrics)
+
+
+def eval_outage(
+    ev: Evaluation, outage: OutageConfig, service: str, url: str, counts: dict[str, float]
+) -> Evaluation:
+    """The outage policy at evaluation: the service's ``outage/*`` counts of the
+    evaluation are logged as ``eval/<service>_requests`` and ``eval/<service>_failures``,
+    and beyond ``outage.max_failure_fraction`` failed requests the held-out scores are not
+    measurements of the policy: they are withheld (NaN, no per-example values, so that
+    neither the best checkpoint nor a comparison takes them) with a warning naming the URL.
+    """
+    limit = outage.max_failure_fraction
+    failures = counts[f"outage/{service}_failures"]
+    requests = counts[f"outage/{service}_requests"]
+    metrics = {f"eval/{service}_requests": requests, f"eval/{service}_failures": failures}
+    if requests and failures > limit * requests:
+        warnings.warn(
+            f"evaluation: {service} {url}: {failures:.0f} of {requests:.0f} requests failed; "
+            "the held-out scores are withheld (NaN): they would measure the outage, not the "
+            "policy",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return Evaluation({**{k: math.nan for k in ev.metrics}, **metrics}, {})
+    return Evaluation({**ev.metrics, **metrics}, ev.per_example)
 
 
 def judge_url(exp: ExperimentConfig) -> str:
@@ -242,46 +269,58 @@ class RLPTMethod:
 
     # -- evaluation -----------------------------------------------------------------
     def evaluate(self, policy: Policy, params: nnx.State, graphdef) -> Evaluation:
-        """Held-out next-segment accuracy (greedy, same judge) and next-token loss."""
-        from rlpt_jax.data.tasks import extract_prediction
-        from rlpt_jax.rollout.rlpt import encode_prompts
-
+        """Held-out next-segment accuracy (greedy, same judge; withheld when the judge
+        failed, :func:`eval_outage`) and next-token loss."""
         exp = self.exp
-        m: dict[str, float] = {}
-        per: dict[str, list[float]] = {}
+        ev = Evaluation({})
         tasks = self.data.heldout_tasks[: exp.eval.num_prompts]
         if tasks:
-            spec = SampleSpec(
-                temperature=0.0,
-                max_new_tokens=exp.eval.max_new_tokens,
-                stop_strings=self.stop_strings,
-            )
-            prompts = encode_prompts(policy, tasks, exp.rollout.max_prompt_tokens)
-            comps = [g[0] for g in policy.sample(prompts, n=1, spec=spec, seed=0)]
-            preds = [extract_prediction(policy.tokenizer.decode(c.tokens)) for c in comps]
-            res = self.judge.score([(p, t.reference_segments) for p, t in zip(preds, tasks)])
-            r = np.asarray([x.verdict for x in res], np.float64)
-            kinds = np.asarray([t.kind for t in tasks])
-            per["eval/next_segment_acc"] = r.tolist()
-            per["eval/next_segment_reward"] = [float(x.reward) for x in res]
-            per["eval/no_prediction_frac"] = [float(p is None) for p in preds]
-            m["eval/next_segment_acc"] = float(r.mean())
-            m["eval/next_segment_reward"] = float(np.mean([x.reward for x in res]))
-            graded = np.asarray(per["eval/next_segment_reward"])
-            for kind in ("asr", "msr"):
-                if (kinds == kind).any():
-                    m[f"eval/next_segment_acc_{kind}"] = float(r[kinds == kind].mean())
-                    m[f"eval/next_segment_reward_{kind}"] = float(graded[kinds == kind].mean())
-            m["eval/no_prediction_frac"] = float(np.mean([p is None for p in preds]))
+            ev = self._next_segments(policy, tasks)
         docs = self.data.heldout_docs[: exp.eval.ntp_docs]
         if docs:
             model = nnx.merge(graphdef, params)
             ids = [self.tokenizer.encode(d.text)[: exp.eval.ntp_max_tokens] for d in docs]
             ids = [x for x in ids if len(x) >= 2]
             nll = lm_eval.nll_per_token(model, ids, self.tokenizer.pad_id)
-            m["eval/heldout_nll"] = float(np.concatenate(nll).mean())
-            per["eval/heldout_nll"] = [float(x.mean()) for x in nll]  # per document
-        return Evaluation(m, per)
+            ev.metrics["eval/heldout_nll"] = float(np.concatenate(nll).mean())
+            ev.per_example["eval/heldout_nll"] = [float(x.mean()) for x in nll]  # per document
+        return ev
+
+    def _next_segments(self, policy: Policy, tasks: Sequence) -> Evaluation:
+        from rlpt_jax.data.tasks import extract_prediction
+        from rlpt_jax.rewards.judges import JudgeUnavailableError
+        from rlpt_jax.rollout.rlpt import encode_prompts
+
+        exp = self.exp
+        m: dict[str, float] = {}
+        per: dict[str, list[float]] = {}
+        before = self.judge.counters.as_dict()
+        spec = SampleSpec(
+            temperature=0.0, max_new_tokens=exp.eval.max_new_tokens, stop_strings=self.stop_strings
+        )
+        prompts = encode_prompts(policy, tasks, exp.rollout.max_prompt_tokens)
+        comps = [g[0] for g in policy.sample(prompts, n=1, spec=spec, seed=0)]
+        preds = [extract_prediction(policy.tokenizer.decode(c.tokens)) for c in comps]
+        try:
+            res = self.judge.score([(p, t.reference_segments) for p, t in zip(preds, tasks)])
+        except JudgeUnavailableError:  # counted: eval_outage withholds the scores
+            res = None
+        if res is not None:
+            r = np.asarray([x.verdict for x in res], np.float64)
+            graded = np.asarray([x.reward for x in res], np.float64)
+            kinds = np.asarray([t.kind for t in tasks])
+            per["eval/next_segment_acc"] = r.tolist()
+            per["eval/next_segment_reward"] = graded.tolist()
+            per["eval/no_prediction_frac"] = [float(p is None) for p in preds]
+            m["eval/next_segment_acc"] = float(r.mean())
+            m["eval/next_segment_reward"] = float(graded.mean())
+            for kind in ("asr", "msr"):
+                if (kinds == kind).any():
+                    m[f"eval/next_segment_acc_{kind}"] = float(r[kinds == kind].mean())
+                    m[f"eval/next_segment_reward_{kind}"] = float(graded[kinds == kind].mean())
+            m["eval/no_prediction_frac"] = float(np.mean([p is None for p in preds]))
+        counts = self._judge_metrics(before)
+        return eval_outage(Evaluation(m, per), exp.outage, "judge", judge_url(exp), counts)
 
 
 def _generative_judge_backend(exp: ExperimentConfig):
@@ -403,7 +442,8 @@ class AT2POMethod:
         from rlpt_jax.rollout.at2po import evaluate_qa
 
         exp = self.exp
-        return Evaluation(
+        before = self.env.metrics()
+        ev = Evaluation(
             *evaluate_qa(
                 policy,
                 self.env,
@@ -416,6 +456,12 @@ class AT2POMethod:
                 self.math,  # check_answers: None (exact match) or the math verifier
             )
         )
+        after = self.env.metrics()
+        for tool in exp.env.tools:
+            service = TOOL_SERVICES[tool]
+            counts = tool_counts(tool, before, after)
+            ev = eval_outage(ev, exp.outage, service, tool_url(exp, tool), counts)
+        return ev
 
 
 class MathAnswers:

@@ -218,6 +218,59 @@ def test_a_step_below_the_failure_fraction_trains_and_counts():
         strict.next_batch(_ScriptedPolicy(), SampleSpec(), 0, 1)
 
 
+# -- evaluation: an outage is not a score -------------------------------------------------
+
+
+def _evaluating(backend):
+    method = _at2po_method(backend)
+    method.eval_sets, method.stop_strings = {"toy": [QUESTION]}, ()
+    return method
+
+
+def test_an_evaluation_against_a_dead_retriever_withholds_its_scores():
+    """Before: the evaluation reported EM 0 for a policy that never saw a search result, a
+    number about the outage that the summary, the best checkpoint and compare.py took for
+    the policy's, with no sign of the failures."""
+    method = _evaluating(_Retriever(fail=range(1, 99)))
+    with pytest.warns(RuntimeWarning, match=r"retriever .*: 1 of 1 requests failed"):
+        ev = method.evaluate(_ScriptedPolicy(), None, None)
+    assert np.isnan(ev.metrics["eval/em_toy"]) and np.isnan(ev.metrics["eval/em_avg"])
+    assert ev.per_example == {}
+    assert ev.metrics["eval/retriever_requests"] == ev.metrics["eval/retriever_failures"] == 1
+
+
+def test_an_evaluation_with_a_live_retriever_scores_and_counts(recwarn):
+    ev = _evaluating(_Retriever()).evaluate(_ScriptedPolicy(), None, None)
+    # the script's chain answers after its search (which of its answers: by row parity)
+    assert ev.metrics["eval/format_ok_toy"] == 1.0 and len(ev.per_example["eval/em_toy"]) == 1
+    assert (ev.metrics["eval/retriever_requests"], ev.metrics["eval/retriever_failures"]) == (1, 0)
+    assert not [w for w in recwarn if "withheld" in str(w.message)]
+
+
+def test_an_evaluation_against_a_dead_judge_withholds_its_scores_not_the_nll():
+    """Before: ``JudgeUnavailableError`` from the held-out judging ended the run."""
+    from rlpt_jax.data.segments import Sample
+    from rlpt_jax.data.tasks import TaskConfig, make_task
+    from rlpt_jax.rewards.judges import make_judge
+
+    exp = from_config_dict(
+        {
+            "judge": {
+                "kind": "http",
+                "http": {"base_url": _dead_url(), "model": "j", "max_retries": 0},
+            }
+        }
+    )
+    method = methods.RLPTMethod.__new__(methods.RLPTMethod)
+    method.exp, method.judge, method.stop_strings = exp, make_judge(exp.judge), ()
+    task = make_task(Sample("d", 2, "First.", "Second.", ("Third.",)), TaskConfig())
+    method.data = type("Data", (), {"heldout_tasks": [task, task], "heldout_docs": []})()
+    with pytest.warns(RuntimeWarning, match=r"judge .*: 2 of 2 requests failed"):
+        ev = method.evaluate(_JudgePolicy(), None, None)
+    assert "eval/next_segment_acc" not in ev.metrics and ev.per_example == {}
+    assert ev.metrics["eval/judge_failures"] == 2
+
+
 def test_a_retriever_down_while_building_cold_start_demonstrations_stops_the_run(monkeypatch):
     """Demonstrations are built once: there is no step to skip. Before: every failed
     search silently dropped its demonstration, and the run died later with "no SFT
