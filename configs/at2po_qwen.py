@@ -152,7 +152,7 @@ def base() -> ml_collections.ConfigDict:
         temperature=1.0,
         top_p=1.0,
         top_k=0,
-        max_new_tokens=6192,
+        # (the response budget, 6192, is tree.max_response_tokens: model and tool tokens)
         max_prompt_tokens=2000,
         cache_dtype="bfloat16",
         sampler_rows=176,  # [ours] memory: 8 trees of 22 leaves at once

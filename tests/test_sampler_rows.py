@@ -78,3 +78,42 @@ def test_method_passes_sampler_rows_to_the_rollout(monkeypatch):
     except StopIteration:
         pass
     assert seen["sampler_rows"] == 24
+
+
+def test_at2po_engine_cache_is_bounded_by_the_tree_budget():
+    """The tree's engine is sized by the trajectory budget (tree.max_response_tokens),
+    not by rollout.max_new_tokens. Before: the AT²PO cpu variant (384-token trees, the
+    base config's 6192 new tokens) held 8192-slot caches, 6 GB at 16 rows, and its run
+    was killed for memory on a 23 GB machine."""
+    from scripted_engine import ScriptedTurnEngine, TextTokenizer
+
+    from rlpt_jax.algos.tree_credit import CreditConfig
+    from rlpt_jax.data.qa import QAExample
+    from rlpt_jax.envs.search_env import SearchEnv
+    from rlpt_jax.rollout.at2po import at2po_rollout
+    from rlpt_jax.rollout.tree import TreeConfig, TurnSample
+
+    class Policy:
+        tokenizer = TextTokenizer()
+        use_chat_template = False
+        pad_id = 0
+        budgets: list[int] = []
+
+        def engine(self, spec, seed):
+            self.budgets.append(spec.max_new_tokens)
+            eos = TurnSample([10], [-0.5], [1.0], "eos")
+            return ScriptedTurnEngine(lambda r: eos)
+
+    policy = Policy()
+    at2po_rollout(
+        policy,
+        SearchEnv(object()),  # no turn searches
+        [QAExample("q", "Capital?", ("Paris",), "toy")],
+        TreeConfig(num_chains=2, rounds=0, picks=0, expansion="chains", max_response_tokens=64),
+        CreditConfig(),
+        SampleSpec(max_new_tokens=6192),
+        None,
+        -1.0,
+        seed=0,
+    )
+    assert policy.budgets == [64]

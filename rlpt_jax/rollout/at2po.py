@@ -175,6 +175,10 @@ def _grow_trees(
     # Trees are grown in waves of questions so that at most ``sampler_rows`` leaves share
     # the sampler at once (0 = all trees in one batch).
     per_wave = len(prompts) if sampler_rows <= 0 else max(1, sampler_rows // tree_cfg.num_leaves)
+    # A trajectory is bounded by the tree's budget (model and tool tokens), and so is the
+    # engine's cache: sized by rollout.max_new_tokens (6192 in the base config) the cpu
+    # variant's 384-token trees held an 8192-slot cache, 6 GB at 16 rows.
+    spec = dataclasses.replace(spec, max_new_tokens=tree_cfg.max_response_tokens)
     trees: list[Tree] = []
     for w, i in enumerate(range(0, len(prompts), per_wave)):
         engine = policy.engine(spec, seed=seed + 7919 * w)
