@@ -65,6 +65,34 @@ class RLBatch:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedBatch:
+    """The unique tokens of a batch of turn trees, for a training forward that computes
+    every shared prefix once (``rlpt_jax.rollout.tree.pack``,
+    ``rlpt_jax.train.steps.packed_token_logprobs``).
+
+    ``[P, S]`` int32 arrays, one row per tree: each node's tokens (tool, then model) once.
+    ``positions``: a token's position along its root-to-leaf path (its position in every
+    flat row that holds it); ``segment_ids`` 1 on tokens, 0 on padding; ``node`` the
+    pre-order index of the token's node and ``end`` the last pre-order index in that
+    node's subtree (``attention.Mask.within_tree``); ``pred`` the column of the token whose
+    hidden state scores this one (the previous token on its path: the one before it in its
+    node, or the parent node's last token; −1 for the first prompt token and padding).
+    ``gather`` ``[R, T]``: where each token of the flat rows (an :class:`RLBatch`) sits in
+    the packed rows, as ``row · S + column`` (−1 on padding), so that
+    ``packed.reshape(-1)[gather]`` is the flat layout.
+    """
+
+    tokens: jax.Array
+    positions: jax.Array
+    segment_ids: jax.Array
+    node: jax.Array
+    end: jax.Array
+    pred: jax.Array
+    gather: jax.Array
+
+
 def turn_ids_from_mask(loss_mask: np.ndarray) -> np.ndarray:
     """Maximal runs of mask 1 numbered 0, 1, … per row, −1 off the mask (numpy, int32)."""
     m = np.asarray(loss_mask) > 0

@@ -48,12 +48,23 @@ IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
 @dataclasses.dataclass
 class Mask:
     """Query i may attend to key j iff ``k_seg[j] == q_seg[i] != 0`` and
-    ``k_ord[j] <= q_ord[i]``. q_ord, q_seg [B, T]; k_ord, k_seg [B, S]; int32."""
+    ``k_ord[j] <= q_ord[i]``, and in a tree mask also ``k_end[j] >= q_node[i]``.
+    q_ord, q_seg, q_node [B, T]; k_ord, k_seg, k_end [B, S]; int32.
+
+    A tree mask (``within_tree``) packs the nodes of a tree into one row in depth-first
+    order: ``q_node`` is the pre-order index of the token's node, ``k_end`` the last
+    pre-order index in its node's subtree. A key before the query (causal) belongs to an
+    ancestor of the query's node, or to that node itself, exactly when the query's node
+    lies in the key node's subtree: ``q_node <= k_end``. Tokens of earlier sibling
+    subtrees end before the query's node and are masked.
+    """
 
     q_ord: jax.Array
     q_seg: jax.Array
     k_ord: jax.Array
     k_seg: jax.Array
+    q_node: jax.Array | None = None
+    k_end: jax.Array | None = None
     # Built by ``causal``: ord = index, queries = keys (what splash attention can express).
     by_index: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
@@ -77,14 +88,32 @@ class Mask:
             k_seg=filled,
         )
 
+    def within_tree(self, node: jax.Array, end: jax.Array) -> Mask:
+        """This no-cache mask restricted to a packed tree's ancestor paths: ``node``,
+        ``end`` [B, T] the pre-order index of each token's node and the last one of its
+        subtree (class docstring)."""
+        return dataclasses.replace(
+            self, q_node=node.astype(jnp.int32), k_end=end.astype(jnp.int32), by_index=False
+        )
+
+    def tree_arrays(self) -> tuple[jax.Array, jax.Array]:
+        """(q_node, k_end); for a mask without a tree, zeros, under which ``k_end >=
+        q_node`` always holds (the blockwise kernel always takes both)."""
+        if self.q_node is None:
+            return jnp.zeros_like(self.q_ord), jnp.zeros_like(self.k_ord)
+        return self.q_node, self.k_end
+
     def dense(self) -> jax.Array:
         """[B, T, S] bool."""
-        return _allowed(self.q_ord, self.q_seg, self.k_ord, self.k_seg)
+        return _allowed(self.q_ord, self.q_seg, self.k_ord, self.k_seg, self.q_node, self.k_end)
 
 
-def _allowed(q_ord, q_seg, k_ord, k_seg):
+def _allowed(q_ord, q_seg, k_ord, k_seg, q_node=None, k_end=None):
     ks, ko = k_seg[:, None, :], k_ord[:, None, :]
-    return (ks == q_seg[:, :, None]) & (ks != 0) & (ko <= q_ord[:, :, None])
+    allowed = (ks == q_seg[:, :, None]) & (ks != 0) & (ko <= q_ord[:, :, None])
+    if q_node is not None:
+        allowed &= k_end[:, None, :] >= q_node[:, :, None]
+    return allowed
 
 
 def resolve(impl: str, dtype: str, batch_invariant: bool = False, platform: str | None = None):
@@ -140,7 +169,7 @@ def attention(
         if kv_layout == "BKSH":
             keys, values = keys.swapaxes(1, 2), values.swapaxes(1, 2)
         return splash(q, keys, values, mask.q_seg, block=block_q)
-    if impl == "splash":  # a cache (the sampler's prefill): splash's masks are static
+    if impl == "splash":  # a cache (the sampler's prefill) or a tree: splash's masks are static
         return attention(
             q,
             keys,
@@ -289,6 +318,7 @@ def blockwise(q, k, v, mask: Mask, *, block_q: int = 512, block_k: int = 512) ->
     """
     t, s = q.shape[3], k.shape[2]
     bq, bk = min(block_q, t), min(block_k, s)
+    q_node, k_end = mask.tree_arrays()
 
     def pad(x, axis, size):
         extra = -x.shape[axis] % size
@@ -302,10 +332,8 @@ def blockwise(q, k, v, mask: Mask, *, block_q: int = 512, block_k: int = 512) ->
         pad(q, 3, bq),
         pad(k, 2, bk),
         pad(v, 2, bk),
-        pad(mask.q_ord, 1, bq),
-        pad(mask.q_seg, 1, bq),
-        pad(mask.k_ord, 1, bk),
-        pad(mask.k_seg, 1, bk),
+        (pad(mask.q_ord, 1, bq), pad(mask.q_seg, 1, bq), pad(q_node, 1, bq)),
+        (pad(mask.k_ord, 1, bk), pad(mask.k_seg, 1, bk), pad(k_end, 1, bk)),
         bq,
         bk,
     )
@@ -324,33 +352,38 @@ def _from_blocks(x, axis):
     return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2 :])
 
 
-def _tile_scores(qi, kj, qo, qs, ko, ks):
+def _tile_scores(qi, kj, qm, km):
     """Scaled, masked float32 scores of one tile: qi [B, K, G, bq, H], kj [B, K, bk, H]
-    → [B, K, G, bq, bk]."""
+    → [B, K, G, bq, bk]; qm, km: the tile's (ord, seg, node) and (ord, seg, end)."""
     sc = jnp.einsum("bkgqh,bksh->bkgqs", qi, kj, preferred_element_type=jnp.float32)
     sc = sc * (1.0 / math.sqrt(qi.shape[-1]))
     # The mask of a tile is the same in every layer: without the barrier XLA hoists it out
     # of the layer loop and precomputes every tile's mask, one [T, T] buffer after all.
-    sc, qo, qs, ko, ks = jax.lax.optimization_barrier((sc, qo, qs, ko, ks))
-    return jnp.where(_allowed(qo, qs, ko, ks)[:, None, None], sc, NEG)
+    sc, qm, km = jax.lax.optimization_barrier((sc, qm, km))
+    (qo, qs, qn), (ko, ks, ke) = qm, km
+    return jnp.where(_allowed(qo, qs, ko, ks, qn, ke)[:, None, None], sc, NEG)
 
 
-def _kv_tiles(k, v, ko, ks, bk):
-    return _q_blocks(k, 2, bk), _q_blocks(v, 2, bk), _q_blocks(ko, 1, bk), _q_blocks(ks, 1, bk)
+def _kv_tiles(k, v, km, bk):
+    return _q_blocks(k, 2, bk), _q_blocks(v, 2, bk), tuple(_q_blocks(x, 1, bk) for x in km)
 
 
-def _forward(q, k, v, qo, qs, ko, ks, bq, bk):
+def _q_mask_blocks(qm, bq):
+    return tuple(_q_blocks(x, 1, bq) for x in qm)
+
+
+def _forward(q, k, v, qm, km, bq, bk):
     """(output [B, K, G, T, H] in q's dtype, log-normaliser [B, K, G, T] float32)."""
     b, kk, g, _, h = q.shape
-    kv = _kv_tiles(k, v, ko, ks, bk)
+    kv = _kv_tiles(k, v, km, bk)
 
     def one_block(args):
-        qi, qoi, qsi = args
+        qi, qmi = args
 
         def step(carry, tile):
             m, norm, acc = carry
-            kj, vj, koj, ksj = tile
-            sc = _tile_scores(qi, kj, qoi, qsi, koj, ksj)
+            kj, vj, kmj = tile
+            sc = _tile_scores(qi, kj, qmi, kmj)
             m_new = jnp.maximum(m, sc.max(-1))
             p = jnp.exp(sc - m_new[..., None])
             scale = jnp.exp(m - m_new)
@@ -369,19 +402,18 @@ def _forward(q, k, v, qo, qs, ko, ks, bq, bk):
         # norm >= 1: the tile holding a row's maximum adds exp(0).
         return (acc / norm[..., None]).astype(q.dtype), m + jnp.log(norm)
 
-    q_side = (_q_blocks(q, 3, bq), _q_blocks(qo, 1, bq), _q_blocks(qs, 1, bq))
-    out, lse = jax.lax.map(one_block, q_side)
+    out, lse = jax.lax.map(one_block, (_q_blocks(q, 3, bq), _q_mask_blocks(qm, bq)))
     return _from_blocks(out, 3), _from_blocks(lse, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _flash(q, k, v, qo, qs, ko, ks, bq, bk):
-    return _forward(q, k, v, qo, qs, ko, ks, bq, bk)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _flash(q, k, v, qm, km, bq, bk):
+    return _forward(q, k, v, qm, km, bq, bk)[0]
 
 
-def _flash_fwd(q, k, v, qo, qs, ko, ks, bq, bk):
-    out, lse = _forward(q, k, v, qo, qs, ko, ks, bq, bk)
-    return out, (q, k, v, qo, qs, ko, ks, out, lse)
+def _flash_fwd(q, k, v, qm, km, bq, bk):
+    out, lse = _forward(q, k, v, qm, km, bq, bk)
+    return out, (q, k, v, qm, km, out, lse)
 
 
 def _flash_bwd(bq, bk, res, dout):
@@ -389,39 +421,38 @@ def _flash_bwd(bq, bk, res, dout):
     D = rowsum(dO ⊙ O), dV = Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − D), dQ = dS·K/√H, dK = dSᵀ·Q/√H.
     Two passes, each streaming the other side's tiles: dQ (map over query blocks, scan over
     key tiles), then dK, dV (map over key blocks, scan over query tiles)."""
-    q, k, v, qo, qs, ko, ks, out, lse = res
+    q, k, v, qm, km, out, lse = res
     scale = 1.0 / math.sqrt(q.shape[-1])
     do = dout.astype(jnp.float32)
     d = jnp.sum(do * out.astype(jnp.float32), axis=-1)  # [B, K, G, T]
     q_side = tuple(_q_blocks(x, 3, bq) for x in (q, do, lse[..., None], d[..., None])) + (
-        _q_blocks(qo, 1, bq),
-        _q_blocks(qs, 1, bq),
+        _q_mask_blocks(qm, bq),
     )
-    kv = _kv_tiles(k, v, ko, ks, bk)
+    kv = _kv_tiles(k, v, km, bk)
 
-    def grads(qi, doi, lsei, di, qoi, qsi, kj, vj, koj, ksj):
-        p = jnp.exp(_tile_scores(qi, kj, qoi, qsi, koj, ksj) - lsei)  # [B, K, G, bq, bk]
+    def grads(qi, doi, lsei, di, qmi, kj, vj, kmj):
+        p = jnp.exp(_tile_scores(qi, kj, qmi, kmj) - lsei)  # [B, K, G, bq, bk]
         dp = jnp.einsum("bkgqh,bksh->bkgqs", doi, vj, preferred_element_type=jnp.float32)
         return p, p * (dp - di)
 
     def dq_block(args):
-        qi, doi, lsei, di, qoi, qsi = args
+        qi, doi, lsei, di, qmi = args
 
         def step(dq, tile):
-            kj, vj, koj, ksj = tile
-            _, ds = grads(qi, doi, lsei, di, qoi, qsi, kj, vj, koj, ksj)
+            kj, vj, kmj = tile
+            _, ds = grads(qi, doi, lsei, di, qmi, kj, vj, kmj)
             return dq + jnp.einsum("bkgqs,bksh->bkgqh", ds, kj.astype(jnp.float32)), None
 
         dq, _ = jax.lax.scan(step, jnp.zeros(qi.shape, jnp.float32), kv)
         return dq * scale
 
     def dkv_block(tile):
-        kj, vj, koj, ksj = tile
+        kj, vj, kmj = tile
 
         def step(carry, args):
             dk, dv = carry
-            qi, doi, lsei, di, qoi, qsi = args
-            p, ds = grads(qi, doi, lsei, di, qoi, qsi, kj, vj, koj, ksj)
+            qi, doi, lsei, di, qmi = args
+            p, ds = grads(qi, doi, lsei, di, qmi, kj, vj, kmj)
             dv = dv + jnp.einsum("bkgqs,bkgqh->bksh", p, doi)
             dk = dk + jnp.einsum("bkgqs,bkgqh->bksh", ds, qi.astype(jnp.float32))
             return (dk, dv), None
@@ -433,7 +464,7 @@ def _flash_bwd(bq, bk, res, dout):
     dq = _from_blocks(jax.lax.map(dq_block, q_side), 3)
     dk, dv = jax.lax.map(dkv_block, kv)
     dk, dv = _from_blocks(dk, 2), _from_blocks(dv, 2)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None, None
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

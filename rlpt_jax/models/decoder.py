@@ -393,6 +393,7 @@ class Decoder(nnx.Module):
         write_index: jax.Array | None = None,
         window: int | None = None,
         remat: bool = False,
+        tree: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache.
 
@@ -404,7 +405,10 @@ class Decoder(nnx.Module):
         (None: all), enough when every query's position is below it (slot = position in the
         sampler). ``remat``: recompute each layer in the backward pass; inside the scan only
         the layer inputs [L, B, T, D] are kept (a Python-loop remat saves nothing on XLA:CPU,
-        which merges the recomputation back into the forward pass).
+        which merges the recomputation back into the forward pass). ``tree``: rows that pack
+        turn trees depth first, as ``(node, end)`` [B, T] (``attention.Mask.within_tree``;
+        no cache): a token attends to its own node and its ancestors only, and
+        ``positions`` are its positions along its path.
         """
         cfg = self.cfg
         dt = _dtype(cfg.dtype)
@@ -415,6 +419,8 @@ class Decoder(nnx.Module):
         if cache is None:
             seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
             mask = attention.Mask.causal(seg)
+            if tree is not None:
+                mask = mask.within_tree(*tree)
             slots, pos = None, None
         else:
             if write_index is None:

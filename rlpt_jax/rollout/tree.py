@@ -34,6 +34,8 @@ from typing import Protocol
 
 import numpy as np
 
+from rlpt_jax.batch import PackedBatch
+
 EXPANSIONS = ("entropy", "random", "chains")
 
 
@@ -452,3 +454,70 @@ def flatten(
         out.advantages[i, :n] = a
         out.old_logp[i, :n] = lp
     return out
+
+
+def pack(trees: Sequence[Tree], pad_id: int, length: int, flat_length: int) -> PackedBatch:
+    """Pack ``trees`` into ``[len(trees), length]`` rows, one tree per row, and map the rows
+    of :func:`flatten` (same trees, ``flat_length`` tokens) onto them
+    (:class:`rlpt_jax.batch.PackedBatch`). Nodes go in depth-first pre-order, so that an
+    ancestor's tokens always precede its descendants'. Raises ValueError if a tree needs
+    more than ``length`` tokens."""
+    rows = [_pack_one(tree) for tree in trees]
+    longest = max(len(r[0]) for r in rows)
+    if longest > length:
+        raise ValueError(f"a packed tree needs {longest} tokens but length={length}")
+    p = len(trees)
+    out = PackedBatch(
+        tokens=np.full((p, length), pad_id, np.int32),
+        positions=np.zeros((p, length), np.int32),
+        segment_ids=np.zeros((p, length), np.int32),
+        node=np.zeros((p, length), np.int32),
+        end=np.zeros((p, length), np.int32),
+        pred=np.full((p, length), -1, np.int32),
+        gather=np.full((sum(len(t.leaves()) for t in trees), flat_length), -1, np.int32),
+    )
+    flat_row = 0
+    for i, (tok, pos, node, end, pred, where) in enumerate(rows):
+        n = len(tok)
+        out.tokens[i, :n], out.positions[i, :n], out.segment_ids[i, :n] = tok, pos, 1
+        out.node[i, :n], out.end[i, :n], out.pred[i, :n] = node, end, pred
+        for leaf in trees[i].leaves():
+            cols = np.concatenate([where[nid] for nid in trees[i].path(leaf)])
+            out.gather[flat_row, : len(cols)] = i * length + cols
+            flat_row += 1
+    return out
+
+
+def _pack_one(tree: Tree):
+    """One tree's packed row: tokens, positions, node, end, pred, and per node the columns
+    of its tokens."""
+    order, stack = [], [0]
+    while stack:  # pre-order, children in the order they were added
+        nid = stack.pop()
+        order.append(nid)
+        stack.extend(reversed(tree.nodes[nid].children))
+    rank = {nid: i for i, nid in enumerate(order)}
+    end = {}
+    for nid in reversed(order):  # a subtree's last pre-order index
+        kids = tree.nodes[nid].children
+        end[nid] = max([rank[nid]] + [end[c] for c in kids])
+    tok, pos, node_of, end_of, pred = [], [], [], [], []
+    where: dict[int, np.ndarray] = {}
+    last: dict[int, int] = {}  # the column of a node's last token, or its nearest ancestor's
+    start: dict[int, int] = {}  # path position of a node's first token
+    for nid in order:
+        n = tree.nodes[nid]
+        ids = n.tool_tokens + n.model_tokens
+        parent = n.parent
+        start[nid] = 0 if parent < 0 else start[parent] + tree.nodes[parent].num_tokens
+        before = -1 if parent < 0 else last[parent]
+        cols = np.arange(len(tok), len(tok) + len(ids), dtype=np.int32)
+        where[nid] = cols
+        for j, t in enumerate(ids):
+            tok.append(t)
+            pos.append(start[nid] + j)
+            node_of.append(rank[nid])
+            end_of.append(end[nid])
+            pred.append(before if j == 0 else int(cols[j - 1]))
+        last[nid] = int(cols[-1]) if len(ids) else before
+    return tok, pos, node_of, end_of, pred, where

@@ -37,7 +37,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlpt_jax import parallel
-from rlpt_jax.batch import RLBatch
+from rlpt_jax.batch import PackedBatch, RLBatch
 from rlpt_jax.models.numerics import logits_transposed
 from rlpt_jax.train.state import TrainState
 
@@ -118,10 +118,54 @@ def token_logprobs(
     Differentiable; aligned to the scored token (module docstring). The entropy at t is
     that of the distribution that token t was drawn from.
     """
-    b, t = tokens.shape
     h, _ = model.hidden(tokens, positions, segment_ids=segment_ids, remat=remat)
     # Position t of h scores token t + 1; the last position scores nothing.
     targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+    logp_next, ent_next = _scored(model, h, targets, chunk, logits_remat, with_entropy)
+    valid = _target_valid(segment_ids)
+
+    def align(x):  # [B, T] scored-next → [B, T] aligned to the scored token
+        return jnp.where(valid, jnp.pad(x[:, :-1], ((0, 0), (1, 0))), 0.0)
+
+    return align(logp_next), None if ent_next is None else align(ent_next)
+
+
+def packed_token_logprobs(
+    model: nnx.Module,
+    packed: PackedBatch,
+    *,
+    chunk: int = 128,
+    remat: bool = False,
+    logits_remat: bool = True,
+    with_entropy: bool = False,
+) -> tuple[Array, Array | None]:
+    """:func:`token_logprobs` of the flat rows ``[R, T]`` that ``packed.gather`` maps onto
+    packed trees (``rlpt_jax.rollout.tree.pack``), computed on the packed rows: one forward
+    over each tree's unique tokens under the tree mask, each token scored from the hidden
+    state of its predecessor on its path (``packed.pred``), then gathered into the flat
+    layout. A token shared by several flat rows is computed once; its gradient is the sum
+    over the rows that hold it, as in the flat step."""
+    tree = (packed.node, packed.end)
+    h, _ = model.hidden(
+        packed.tokens, packed.positions, segment_ids=packed.segment_ids, remat=remat, tree=tree
+    )
+    pred = packed.pred
+    h_pred = jnp.take_along_axis(h, jnp.maximum(pred, 0)[..., None], axis=1)
+    logp, ent = _scored(model, h_pred, packed.tokens, chunk, logits_remat, with_entropy)
+    gather = packed.gather
+
+    def to_flat(x):  # [P, S] → [R, T]
+        x = jnp.where(pred >= 0, x, 0.0).reshape(-1)
+        return jnp.where(gather >= 0, x[jnp.maximum(gather, 0)], 0.0)
+
+    return to_flat(logp), None if ent is None else to_flat(ent)
+
+
+def _scored(model, h, targets, chunk: int, logits_remat: bool, with_entropy: bool):
+    """Log-prob (and entropy) of ``targets`` [B, T] under the logits of ``h`` [B, T, D],
+    position by position, through the vocabulary in chunks of ``chunk`` tokens (module
+    docstring) → [B, T] each."""
+    b, t = targets.shape
     chunk = min(chunk, t)
     n_chunks = -(-t // chunk)
     pad = n_chunks * chunk - t
@@ -141,14 +185,12 @@ def token_logprobs(
 
     if logits_remat:
         one = jax.checkpoint(one)
-    logp_next, ent_next = jax.lax.map(one, (hc, tc))
-    valid = _target_valid(segment_ids)
+    logp, ent = jax.lax.map(one, (hc, tc))
 
-    def align(x):  # [C, B, c] scored-next → [B, T] aligned to the scored token
-        x = x.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, : t - 1]
-        return jnp.where(valid, jnp.pad(x, ((0, 0), (1, 0))), 0.0)
+    def unchunk(x):  # [C, B, c] → [B, T]
+        return x.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t]
 
-    return align(logp_next), None if ent_next is None else align(ent_next)
+    return unchunk(logp), None if ent is None else unchunk(ent)
 
 
 @dataclasses.dataclass(frozen=True)
