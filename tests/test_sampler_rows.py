@@ -117,3 +117,35 @@ def test_at2po_engine_cache_is_bounded_by_the_tree_budget():
         seed=0,
     )
     assert policy.budgets == [64]
+
+
+def test_at2po_evaluation_answers_in_waves_of_sampler_rows():
+    """Before: every question of a dataset shared one engine session; the cpu variant's
+    evaluation of 194 questions was killed for memory (22.8 GB) on a 23 GB machine."""
+    from scripted_engine import ScriptedTurnEngine, TextTokenizer
+
+    from rlpt_jax.data.qa import QAExample
+    from rlpt_jax.envs.search_env import SearchEnv
+    from rlpt_jax.rollout.at2po import evaluate_qa
+    from rlpt_jax.rollout.tree import TreeConfig, TurnSample
+
+    class Engine(ScriptedTurnEngine):
+        def start(self, prompts):
+            starts.append(len(prompts))
+            return super().start(prompts)
+
+    class Policy:
+        tokenizer = TextTokenizer()
+        use_chat_template = False
+        pad_id = 0
+
+        def engine(self, spec, seed):
+            return Engine(lambda r: TurnSample([10], [-0.5], [1.0], "eos"))
+
+    starts: list[int] = []
+    questions = [QAExample(f"q{i}", "Capital?", ("Paris",), "toy") for i in range(5)]
+    metrics, per = evaluate_qa(
+        Policy(), SearchEnv(object()), {"toy": questions}, TreeConfig(), None, -1.0, 8, (),
+        sampler_rows=2,
+    )  # fmt: skip
+    assert starts == [2, 2, 1] and len(per["eval/em_toy"]) == 5

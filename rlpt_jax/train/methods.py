@@ -454,6 +454,7 @@ class AT2POMethod:
                 exp.eval.max_new_tokens,
                 self.stop_strings,
                 self.math,  # check_answers: None (exact match) or the math verifier
+                sampler_rows=exp.rollout.sampler_rows,
             )
         )
         after = self.env.metrics()

@@ -369,7 +369,7 @@ def test_eval_metrics_use_the_dataset_name(tmp_path, monkeypatch):
     method = _at2po_method(tmp_path, monkeypatch, [nq, hotpot])
     assert sorted(method.eval_sets) == ["hotpotqa", "nq"]
 
-    def fake_eval(policy, env, datasets, *args):
+    def fake_eval(policy, env, datasets, *args, **kwargs):
         return {f"eval/em_{name}": 1.0 for name in datasets}, {}
 
     monkeypatch.setattr(at2po, "evaluate_qa", fake_eval)
