@@ -52,6 +52,9 @@ def init_distributed(
             "multi-host launch needs --num_processes and --process_id (or JAX_NUM_PROCESSES "
             "and JAX_PROCESS_ID) together with the coordinator address"
         )
+    # CPU processes need a collectives backend to talk to each other (the multi-process
+    # CPU test runs this way); GPU and TPU ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,

@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from rlpt_jax import multihost
 from rlpt_jax.envs import tags
 from rlpt_jax.envs.python_tool import ERROR_KINDS, PythonTool, format_python_result
 from rlpt_jax.envs.search import SearchBackend, format_results
@@ -272,7 +273,7 @@ class SearchEnv:
         queries = [query for _, query, _ in pending]
         self.counts["backend_calls"] += 1
         try:
-            hits = self.backend.search(queries, cfg.topk)
+            hits = multihost.once(self.backend.search, queries, cfg.topk)
             if len(hits) != len(queries):
                 raise ValueError(f"backend returned {len(hits)} lists for {len(queries)} queries")
             texts = [format_results(h, cfg.topk, cfg.max_chars) for h in hits]
@@ -284,7 +285,8 @@ class SearchEnv:
         ]
 
     def _run_programs(self, pending: list[tuple[int, str, int]]) -> list[StepResult]:
-        runs = list(self._pool.map(self._run_one, [code for _, code, _ in pending]))
+        codes = [code for _, code, _ in pending]
+        runs = multihost.once(lambda: list(self._pool.map(self._run_one, codes)))
         out = []
         for item, run in zip(pending, runs):
             _, code, calls = item

@@ -40,7 +40,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlpt_jax import net
+from rlpt_jax import multihost, net
 
 JUDGE_KINDS = ("generative", "http", "lexical")
 JUDGE_MODES = ("prefix", "strict")
@@ -471,7 +471,8 @@ class Judge(abc.ABC):
         counters.no_prediction += len(batch) - len(todo)
         if not todo:
             return results
-        replies = self._judge([(batch[i][0].strip(), tuple(batch[i][1])) for i in todo])
+        items = [(batch[i][0].strip(), tuple(batch[i][1])) for i in todo]
+        replies = multihost.once(self._judge, items)  # one judge call in a multi-host run
         if len(replies) != len(todo):
             raise RuntimeError(f"judge backend returned {len(replies)} replies for {len(todo)}")
         counters.judged += len(todo)

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlpt_jax import multihost
 from rlpt_jax.envs.tags import extract_boxed
 
 __all__ = [
@@ -247,8 +248,8 @@ class MathVerifier:
 
     def check(self, checks: Sequence[Check]) -> list[Verdict]:
         """A verdict per check, in order; never raises on any answer text."""
-        with self._lock:
-            return [self._check_one(c) for c in checks]
+        with self._lock:  # one worker checks, in a multi-host run on process 0 alone
+            return multihost.once(lambda: [self._check_one(c) for c in checks])
 
     def _check_one(self, c: Check) -> Verdict:
         if c.answer is None:

@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from rlpt_jax import parallel
 from rlpt_jax.models.decoder import Cache, Decoder
+from rlpt_jax.multihost import to_host
 from rlpt_jax.sampling import engine
 from rlpt_jax.sampling.sample import SamplingParams
 
@@ -544,7 +545,7 @@ class Session:
                 temperature,
                 top_p,
             )
-            tok, lp, ent, dev_active = (np.asarray(x) for x in (tok, lp, ent, dev_active))
+            tok, lp, ent, dev_active = (to_host(x) for x in (tok, lp, ent, dev_active))
             for r in rows:
                 if r in finish:
                     continue

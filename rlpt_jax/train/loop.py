@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from rlpt_jax import assets, comparison, parallel
+from rlpt_jax import assets, comparison, multihost, parallel
 from rlpt_jax import batch as batch_lib
 from rlpt_jax import checkpoint as ckpt_lib
 from rlpt_jax import metrics as metrics_lib
@@ -413,13 +413,16 @@ def with_cold_start(exp: ExperimentConfig, log=print) -> ExperimentConfig:
     key = json.dumps([COLD_START_VERSION, blob], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     workdir = assets.cache_dir() / "cold_start" / f"sft-{digest}"
-    if not (workdir / "final_metrics.json").is_file():
+    # Decided once: processes that disagreed would train apart (multi-host runs need the
+    # cache on a filesystem every host sees, as they do for checkpoints).
+    if not multihost.once((workdir / "final_metrics.json").is_file):
         log(f"[rlpt_jax] cold start: SFT for {cold.train.steps} steps in {workdir}")
         run(sft_exp, workdir)
         # The parent reads only the export; the checkpoint (weights and both Adam moments,
         # 3x the export) would be dead disk. The single save is at the last step, so an
         # interrupted cold start restarts anyway.
-        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+        if jax.process_index() == 0:
+            shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     else:
         log(f"[rlpt_jax] cold start: reusing {workdir}")
     model = dataclasses.replace(exp.model, path=str(workdir / "hf_export"), tokenizer_path=None)

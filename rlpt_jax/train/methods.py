@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 from flax import nnx
 
+from rlpt_jax import multihost
 from rlpt_jax.batch import RLBatch, make_batch, pad_batch
 from rlpt_jax.data import pipeline
 from rlpt_jax.data import sft as sft_data
@@ -192,7 +193,8 @@ class RLPTMethod:
         if exp.judge.kind == "generative":
             generate, judge_renderer = _generative_judge_backend(exp)
         self.judge = make_judge(exp.judge, generate=generate, renderer=judge_renderer)
-        self.judge.probe()  # a dead judge URL fails here, naming it, not after a rollout
+        # A dead judge URL fails here, naming it, not after a rollout (process 0 asks).
+        multihost.once(self.judge.probe)
 
     # -- training batches -----------------------------------------------------------
     @staticmethod
@@ -560,7 +562,8 @@ def make_search_backend(exp: ExperimentConfig):
                 url=exp.search.url, timeout_s=exp.search.timeout_s, retries=exp.search.retries
             )
         )
-        retriever.probe()  # a dead retriever URL fails here, naming it, not as tool errors
+        # A dead retriever URL fails here, naming it, not as tool errors.
+        multihost.once(retriever.probe)
         return retriever
     return search.BM25Search(cache_dir=exp.search.index_dir)
 
@@ -577,7 +580,8 @@ def make_env(exp: ExperimentConfig):
     python = None
     if "python" in tools:
         python = PythonTool(exp.python_tool)
-        python.probe()  # limits too tight to start Python fail here, not in every call
+        # Limits too tight to start Python fail here, not in every call.
+        multihost.once(python.probe)
     return SearchEnv(backend, exp.env, python)
 
 

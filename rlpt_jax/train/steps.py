@@ -36,7 +36,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlpt_jax import parallel
+from rlpt_jax import multihost, parallel
 from rlpt_jax.batch import PackedBatch, RLBatch
 from rlpt_jax.models.numerics import logits_transposed
 from rlpt_jax.train.state import TrainState
@@ -265,7 +265,7 @@ def score_batch(
         )
         if mesh is not None:
             fields = parallel.shard_batch(fields, mesh)
-        out.append(np.asarray(logprob(params, *fields).logp))
+        out.append(multihost.to_host(logprob(params, *fields).logp))
     return np.concatenate(out)
 
 
