@@ -37,7 +37,10 @@ class ScriptedTurnEngine:
     def start(self, prompts):
         return self._new(len(prompts))
 
-    def fork(self, row, length, m):
+    def fork(self, requests):
+        return [self.fork_one(*r) for r in requests]
+
+    def fork_one(self, row, length, m):
         return self._new(m)
 
     def extend(self, rows, tokens):

@@ -43,7 +43,10 @@ class ScriptedTurns:
     def start(self, prompts):
         return [0]
 
-    def fork(self, row, length, m):
+    def fork(self, requests):
+        return [self.fork_one(*r) for r in requests]
+
+    def fork_one(self, row, length, m):
         return [0] * m
 
     def extend(self, rows, tokens):

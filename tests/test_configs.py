@@ -141,7 +141,10 @@ class _Engine:
         self.rows += len(prompts)
         return list(range(self.rows - len(prompts), self.rows))
 
-    def fork(self, row, length, m):
+    def fork(self, requests):
+        return [self.fork_one(*r) for r in requests]
+
+    def fork_one(self, row, length, m):
         self.rows += m
         return list(range(self.rows - m, self.rows))
 

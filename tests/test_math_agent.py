@@ -102,7 +102,10 @@ class _MathEngine:
     def start(self, prompts):
         return [self._new(p) for p in prompts]
 
-    def fork(self, row, length, m):
+    def fork(self, requests):
+        return [self.fork_one(*r) for r in requests]
+
+    def fork_one(self, row, length, m):
         return [self._new(self.tokens[row][:length]) for _ in range(m)]
 
     def extend(self, rows, tokens):

@@ -36,7 +36,10 @@ class ScriptedEngine:
     def start(self, prompts):
         return [self._new(p) for p in prompts]
 
-    def fork(self, row, length, m):
+    def fork(self, requests):
+        return [self.fork_one(*r) for r in requests]
+
+    def fork_one(self, row, length, m):
         self.forks.append((tuple(self.rows[row][:length]), m))
         return [self._new(self.rows[row][:length]) for _ in range(m)]
 

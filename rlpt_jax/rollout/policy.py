@@ -160,8 +160,14 @@ class SessionEngine:
             self.session = self.sampler.session(len(prompts), length)
         return self.session.add(prompts)
 
-    def fork(self, row: int, length: int, m: int) -> list[int]:
-        return self.session.fork(row, m, length)
+    def fork(self, requests: Sequence[tuple[int, int, int]]) -> list[list[int]]:
+        """All of a round's forks in one cache gather (one per fork was a copy of the whole
+        cache each: an evaluation wave of 32 questions copied it 32 times)."""
+        if not requests:
+            return []
+        return self.session.fork_many(
+            [(row, m) for row, _, m in requests], length=[n for _, n, _ in requests]
+        )
 
     def extend(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> None:
         self.session.append(rows, tokens)

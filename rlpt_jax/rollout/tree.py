@@ -52,13 +52,15 @@ class TurnSample:
 class TurnEngine(Protocol):
     """The policy as the rollout sees it: rows of token history with a shared KV cache.
 
-    A *row* is an opaque handle to a growing token sequence. ``fork(row, length, m)`` makes
-    ``m`` new rows sharing the first ``length`` tokens of ``row`` without recomputing them.
+    A *row* is an opaque handle to a growing token sequence. ``fork`` takes
+    ``(row, length, m)`` requests; each makes ``m`` new rows sharing the first ``length``
+    tokens of ``row`` without recomputing them. A round's forks come in one call, so that
+    the engine can copy its cache once for all of them.
     """
 
     def start(self, prompts: Sequence[Sequence[int]]) -> list[int]: ...
 
-    def fork(self, row: int, length: int, m: int) -> list[int]: ...
+    def fork(self, requests: Sequence[tuple[int, int, int]]) -> list[list[int]]: ...
 
     def extend(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> None: ...
 
@@ -290,11 +292,14 @@ class TreeRollout:
         trees = [Tree.new(i, p) for i, p in enumerate(prompts)]
         chains = cfg.num_chains if cfg.expansion != "chains" else cfg.num_leaves
         roots = self.engine.start(prompts)
-        active: list[_Active] = []
-        for tree, root in zip(trees, roots):
-            rows = self.engine.fork(root, len(tree.nodes[0].tool_tokens), chains)
-            for row in rows:
-                active.append(_Active(tree, tree.add(0, [], 0), row, 0))
+        forks = self.engine.fork(
+            [(root, len(tree.nodes[0].tool_tokens), chains) for tree, root in zip(trees, roots)]
+        )
+        active = [
+            _Active(tree, tree.add(0, [], 0), row, 0)
+            for tree, rows in zip(trees, forks)
+            for row in rows
+        ]
         self.engine.release(roots)
         self._advance(active)
         if cfg.expansion != "chains":
@@ -304,19 +309,22 @@ class TreeRollout:
 
     # -- internals -------------------------------------------------------------------
     def _expand(self, trees: list[Tree]) -> None:
-        active = []
+        picked = []
         for tree in trees:
             # Scores are fixed at the start of the round for every pick of this round.
-            picks = select_nodes(tree, self.cfg, self._rng)
-            for nid in picks:
-                n = tree.nodes[nid]
-                row = self._row_through(tree, nid)
-                length = tree.prefix_length(nid)
-                (new_row,) = self.engine.fork(row, length, 1)
-                prev_calls = tree.nodes[n.parent].tool_calls if n.parent > 0 else 0
-                sibling = tree.add(n.parent, n.tool_tokens, prev_calls)
-                used = length - len(tree.nodes[0].tool_tokens)
-                active.append(_Active(tree, sibling, new_row, used))
+            picked += [(tree, nid) for nid in select_nodes(tree, self.cfg, self._rng)]
+        requests = [
+            (self._row_through(tree, nid), tree.prefix_length(nid), 1) for tree, nid in picked
+        ]
+        active = []
+        for (tree, nid), (_, length, _), (new_row,) in zip(
+            picked, requests, self.engine.fork(requests)
+        ):
+            n = tree.nodes[nid]
+            prev_calls = tree.nodes[n.parent].tool_calls if n.parent > 0 else 0
+            sibling = tree.add(n.parent, n.tool_tokens, prev_calls)
+            used = length - len(tree.nodes[0].tool_tokens)
+            active.append(_Active(tree, sibling, new_row, used))
         self._advance(active)
 
     def _row_through(self, tree: Tree, node_id: int) -> int:

@@ -68,7 +68,10 @@ class _ScriptedEngine:
     def start(self, prompts):
         return [self._new(len(p), None) for p in prompts]
 
-    def fork(self, row, length, m):
+    def fork(self, requests):
+        return [self.fork_one(*r) for r in requests]
+
+    def fork_one(self, row, length, m):
         at = self.result_at[row]
         at = at if at is not None and at < length else None  # the result is in the prefix
         return [self._new(length, at) for _ in range(m)]
