@@ -205,6 +205,7 @@ def test_a_math_agent_is_evaluated_by_the_verifier(method):
     assert sorted(method.eval_sets) == ["chain_sum"]
     assert ev.per_example["eval/em_chain_sum"] == [1.0, 0.0]
     assert (ev.metrics["eval/em_avg"], ev.metrics["eval/format_ok_chain_sum"]) == (0.5, 1.0)
+    assert ev.per_example["eval/tool_calls_chain_sum"] == [1.0, 1.0]  # one program each
 
 
 def test_a_broken_sandbox_is_an_outage_not_a_reward(method, monkeypatch):

@@ -435,7 +435,8 @@ def evaluate_qa(
     sampler_rows: int = 0,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Greedy single-chain EM / F1 per dataset and the size-weighted average (the paper's
-    validation protocol: no tree, temperature 0). ``check_answers``: as in
+    validation protocol: no tree, temperature 0), with the format-valid share and the tool
+    calls each answer took (``eval/tool_calls_<name>``). ``check_answers``: as in
     :func:`at2po_rollout` (EM is then its verdict). Questions are answered in waves of at
     most ``sampler_rows`` (0: a dataset at once): the KV cache of 194 questions at once
     took 12 GB and more in the cpu variant.
@@ -469,8 +470,10 @@ def evaluate_qa(
             ).run(prompts[i : i + wave])
             release_rows(engine, grown)
             trees += grown
-        ems, f1s, fmt = [], [], []
+        ems, f1s, fmt, calls = [], [], [], []
         for tree, q in zip(trees, questions):
+            (leaf,) = tree.leaves()
+            calls.append(float(tree.nodes[leaf].tool_calls))
             _, details = score_tree(
                 policy,
                 tree,
@@ -482,7 +485,7 @@ def evaluate_qa(
             ems.append(details[0]["em"])
             f1s.append(details[0]["f1"])
             fmt.append(float(details[0]["format_ok"]))
-        for key, values in (("em", ems), ("f1", f1s), ("format_ok", fmt)):
+        for key, values in (("em", ems), ("f1", f1s), ("format_ok", fmt), ("tool_calls", calls)):
             out[f"eval/{key}_{name}"] = float(np.mean(values))
             per_example[f"eval/{key}_{name}"] = [float(v) for v in values]
         total_n += len(ems)
