@@ -23,6 +23,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlpt_jax import multihost
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
@@ -170,5 +172,11 @@ def reshard_model(model: nnx.Module, mesh: Mesh, rules: Rules) -> nnx.Module:
     """
     graphdef, state = nnx.split(model)
     shardings = state_shardings(state, mesh, rules)
-    state = jax.device_put(state, shardings)
+    if multihost.is_multiprocess():
+        # One program for the whole state: a transfer per leaf is a collective program
+        # per leaf across processes, and hundreds of those hung on CPU (gloo) with the
+        # processes a few leaves apart.
+        state = jax.jit(lambda s: s, out_shardings=shardings)(state)
+    else:  # no copy of a leaf that is already in place
+        state = jax.device_put(state, shardings)
     return nnx.merge(graphdef, state)
