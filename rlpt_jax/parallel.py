@@ -164,6 +164,12 @@ def shard_batch(batch, mesh: Mesh):
     return jax.tree.map(put, batch)
 
 
+def _identity(x):
+    """Module level, so that resharding the same state again reuses its compiled program
+    (a lambda made per call would compile at every policy update)."""
+    return x
+
+
 def reshard_model(model: nnx.Module, mesh: Mesh, rules: Rules) -> nnx.Module:
     """The same model with its parameters moved to the layout given by ``rules``.
 
@@ -176,7 +182,7 @@ def reshard_model(model: nnx.Module, mesh: Mesh, rules: Rules) -> nnx.Module:
         # One program for the whole state: a transfer per leaf is a collective program
         # per leaf across processes, and hundreds of those hung on CPU (gloo) with the
         # processes a few leaves apart.
-        state = jax.jit(lambda s: s, out_shardings=shardings)(state)
+        state = jax.jit(_identity, out_shardings=shardings)(state)
     else:  # no copy of a leaf that is already in place
         state = jax.device_put(state, shardings)
     return nnx.merge(graphdef, state)
