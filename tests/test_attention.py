@@ -219,3 +219,78 @@ def test_splash_interpret_equals_xla_with_gradients(kind):
     _close(l_s, l_x)
     for a, b in zip(g_s, g_x):
         _close(a, b)
+
+
+def _tile_any(dense: np.ndarray, bq: int, bk: int) -> np.ndarray:
+    """[B, T, S] bool → [B, nq, nk]: whether each tile holds a visible pair."""
+    b, t, s = dense.shape
+    pad = np.zeros((b, -(-t // bq) * bq, -(-s // bk) * bk), bool)
+    pad[:, :t, :s] = dense
+    return pad.reshape(b, pad.shape[1] // bq, bq, -1, bk).any(axis=(2, 4))
+
+
+def _schedule(mask: attn.Mask, bq: int, bk: int):
+    """The blockwise kernel's tile schedule of ``mask`` (padded as ``blockwise`` pads)."""
+    q_node, k_end = mask.tree_arrays()
+
+    def pad(x, size):
+        return np.pad(np.asarray(x), ((0, 0), (0, -x.shape[1] % size)))
+
+    qm = tuple(jnp.asarray(pad(x, bq)) for x in (mask.q_ord, mask.q_seg, q_node))
+    km = tuple(jnp.asarray(pad(x, bk)) for x in (mask.k_ord, mask.k_seg, k_end))
+    return attn._schedule(qm, km, bq, bk)
+
+
+def _tree_mask() -> attn.Mask:
+    """Two packed trees (``Mask.within_tree``), nodes in pre-order. Row 0: root [0, 8),
+    its child A [8, 16), A's child B [16, 24), the root's second child C [24, 37). Row 1:
+    root [0, 4) with two leaves, [4, 20) and [20, 37)."""
+    node = np.zeros((B, T), np.int32)
+    end = np.zeros((B, T), np.int32)
+    for row, spans in enumerate(
+        [[(0, 8, 3), (8, 16, 2), (16, 24, 2), (24, 37, 3)], [(0, 4, 2), (4, 20, 1), (20, 37, 2)]]
+    ):
+        for n, (a, b, e) in enumerate(spans):
+            node[row, a:b], end[row, a:b] = n, e
+    seg = jnp.ones((B, T), jnp.int32)
+    return attn.Mask.causal(seg).within_tree(jnp.asarray(node), jnp.asarray(end))
+
+
+def test_blockwise_equals_xla_on_a_tree_mask_with_gradients():
+    mask = _tree_mask()
+    q, k, v, w = _inputs(4, 2)
+
+    def loss(q, k, v, impl):
+        return jnp.sum(attn.attention(q, k, v, mask, impl=impl, block_q=4, block_k=8) * w)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    (l_x, g_x), (l_b, g_b) = grad(q, k, v, "xla"), grad(q, k, v, "blockwise")
+    _close(l_b, l_x)
+    for a, b in zip(g_b, g_x):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("kind", ["causal", "right_padded", "left_padded", "packed", "tree"])
+def test_tile_schedule_visits_every_visible_tile_and_skips_masked_ones(kind):
+    """The blockwise kernel visits only the tiles ``_schedule`` lists: every tile holding a
+    visible pair must be listed (or outputs would be wrong), and the causal upper triangle
+    and a tree's other branches must not be (or nothing is saved)."""
+    bq, bk = 4, 8
+    mask = _tree_mask() if kind == "tree" else attn.Mask.causal(jnp.asarray(_segments(kind)))
+    (vis, order, count), (vis_t, order_t, count_t) = _schedule(mask, bq, bk)
+    vis, needed = np.asarray(vis), _tile_any(np.asarray(mask.dense()), bq, bk)
+    assert np.all(vis[needed]), "a tile with a visible pair is not visited"
+    np.testing.assert_array_equal(np.asarray(vis_t), vis.transpose(0, 2, 1))
+    nq, nk = vis.shape[1:]
+    upper = np.arange(nk)[None, :] * bk > np.arange(nq)[:, None] * bq + bq - 1
+    assert not vis[:, upper].any(), "a tile above the causal diagonal is visited"
+    # each row's visited blocks come first, in ascending order; count = the most of any row
+    for b in range(B):
+        for i in range(nq):
+            listed = np.asarray(order)[i, b, : vis[b, i].sum()]
+            np.testing.assert_array_equal(listed, np.nonzero(vis[b, i])[0])
+    np.testing.assert_array_equal(np.asarray(count), vis.sum(-1).max(0))
+    np.testing.assert_array_equal(np.asarray(count_t), vis.sum(1).max(0))
+    if kind == "tree":  # C's queries (row 0, blocks 6-9) skip the tiles of A and B [8, 24)
+        assert not vis[0, 6:, 1:3].any()
+        assert vis.sum() < (~upper).sum() * B * 0.8

@@ -352,16 +352,75 @@ def _from_blocks(x, axis):
     return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2 :])
 
 
-def _tile_scores(qi, kj, qm, km):
+def _tile_scores(qi, kj, qm, km, valid):
     """Scaled, masked float32 scores of one tile: qi [B, K, G, bq, H], kj [B, K, bk, H]
-    → [B, K, G, bq, bk]; qm, km: the tile's (ord, seg, node) and (ord, seg, end)."""
+    → [B, K, G, bq, bk]; qm, km: the tile's (ord, seg, node) and (ord, seg, end); valid
+    [B]: False masks the whole tile (a schedule's padding entry, see ``_schedule``)."""
     sc = jnp.einsum("bkgqh,bksh->bkgqs", qi, kj, preferred_element_type=jnp.float32)
     sc = sc * (1.0 / math.sqrt(qi.shape[-1]))
     # The mask of a tile is the same in every layer: without the barrier XLA hoists it out
     # of the layer loop and precomputes every tile's mask, one [T, T] buffer after all.
     sc, qm, km = jax.lax.optimization_barrier((sc, qm, km))
     (qo, qs, qn), (ko, ks, ke) = qm, km
-    return jnp.where(_allowed(qo, qs, ko, ks, qn, ke)[:, None, None], sc, NEG)
+    allowed = _allowed(qo, qs, ko, ks, qn, ke) & valid[:, None, None]
+    return jnp.where(allowed[:, None, None], sc, NEG)
+
+
+_BIG = jnp.iinfo(jnp.int32).max
+
+
+def _schedule(qm, km, bq, bk):
+    """Which tiles can hold a visible (query, key) pair, so that the loops visit only those.
+
+    From per-tile bounds over the tiles' real tokens (segment != 0): tile (i, j) is
+    visited iff some key of j may precede some query of i in order (min k_ord <= max
+    q_ord), the segment ranges overlap, and some key's subtree may contain some query's
+    node (max k_end >= min q_node). Each bound is necessary for a visible pair, so a
+    skipped tile is fully masked and skipping it changes nothing: not even rounding, since
+    a fully masked tile adds exact zeros once a row has met a visible key. This is what
+    makes attention cost follow the mask: half the tiles of a causal row, the tiles of
+    each token's ancestor path in a packed tree, the filled part of a cache.
+
+    Returns (vis [B, nq, nk] bool, order [nq, B, nk] int32: per row the visible key
+    blocks first, ascending, then the others; count [nq] int32: the most visible key
+    blocks of any row), and the same three with queries and keys swapped, for the
+    backward pass's key-block loop.
+    """
+
+    def bounds(m, size):
+        o, s, e = (x.reshape(x.shape[0], -1, size) for x in m)
+        real = s != 0
+        lo = lambda x: jnp.min(jnp.where(real, x, _BIG), -1)  # noqa: E731
+        hi = lambda x: jnp.max(jnp.where(real, x, -_BIG), -1)  # noqa: E731
+        return lo(o), hi(o), lo(s), hi(s), lo(e), hi(e)
+
+    qo_lo, qo_hi, qs_lo, qs_hi, qn_lo, _ = bounds(qm, bq)
+    ko_lo, _, ks_lo, ks_hi, _, ke_hi = bounds(km, bk)
+    q, k = (lambda x: x[:, :, None]), (lambda x: x[:, None, :])
+    vis = (k(ko_lo) <= q(qo_hi)) & (k(ks_lo) <= q(qs_hi)) & (k(ks_hi) >= q(qs_lo))
+    vis &= k(ke_hi) >= q(qn_lo)
+
+    def ordered(v):  # v [B, n, m] → (order [n, B, m], count [n])
+        order = jnp.argsort(~v, axis=-1, stable=True).astype(jnp.int32)
+        return order.transpose(1, 0, 2), v.sum(-1).max(0).astype(jnp.int32)
+
+    vis_t = vis.transpose(0, 2, 1)
+    return (vis, *ordered(vis)), (vis_t, *ordered(vis_t))
+
+
+def _visit(count, order, vis_row, blocks, body, init):
+    """``init`` carried through ``body(carry, tiles, valid)`` over the first ``count``
+    scheduled blocks of one block row: ``order`` [B, m], ``vis_row`` [B, m], ``blocks`` a
+    pytree of [m, B, ...] arrays from which each row takes its own scheduled block. A
+    dynamic trip count (a while loop; the custom VJP never differentiates through it)."""
+    rows = jnp.arange(order.shape[0])
+
+    def step(n, carry):
+        idx = order[:, n]
+        tiles = jax.tree.map(lambda x: x[idx, rows], blocks)
+        return body(carry, tiles, vis_row[rows, idx])
+
+    return jax.lax.fori_loop(0, count, step, init)
 
 
 def _kv_tiles(k, v, km, bk):
@@ -376,14 +435,15 @@ def _forward(q, k, v, qm, km, bq, bk):
     """(output [B, K, G, T, H] in q's dtype, log-normaliser [B, K, G, T] float32)."""
     b, kk, g, _, h = q.shape
     kv = _kv_tiles(k, v, km, bk)
+    (vis, order, count), _ = _schedule(qm, km, bq, bk)
 
     def one_block(args):
-        qi, qmi = args
+        qi, qmi, order_i, vis_i, count_i = args
 
-        def step(carry, tile):
+        def step(carry, tile, valid):
             m, norm, acc = carry
             kj, vj, kmj = tile
-            sc = _tile_scores(qi, kj, qmi, kmj)
+            sc = _tile_scores(qi, kj, qmi, kmj, valid)
             m_new = jnp.maximum(m, sc.max(-1))
             p = jnp.exp(sc - m_new[..., None])
             scale = jnp.exp(m - m_new)
@@ -391,18 +451,21 @@ def _forward(q, k, v, qm, km, bq, bk):
             pv = jnp.einsum(
                 "bkgqs,bksh->bkgqh", p.astype(v.dtype), vj, preferred_element_type=jnp.float32
             )
-            return (m_new, norm, acc * scale[..., None] + pv), None
+            return m_new, norm, acc * scale[..., None] + pv
 
         init = (
             jnp.full((b, kk, g, bq), NEG, jnp.float32),
             jnp.zeros((b, kk, g, bq), jnp.float32),
             jnp.zeros((b, kk, g, bq, h), jnp.float32),
         )
-        (m, norm, acc), _ = jax.lax.scan(step, init, kv)
-        # norm >= 1: the tile holding a row's maximum adds exp(0).
+        m, norm, acc = _visit(count_i, order_i, vis_i, kv, step, init)
+        # A row with a visible key: norm >= 1 (the tile holding its maximum adds exp(0)).
+        # A row without one (padding) visited only masked tiles, or none: keep it finite.
+        norm = jnp.maximum(norm, 1e-30)
         return (acc / norm[..., None]).astype(q.dtype), m + jnp.log(norm)
 
-    out, lse = jax.lax.map(one_block, (_q_blocks(q, 3, bq), _q_mask_blocks(qm, bq)))
+    xs = (_q_blocks(q, 3, bq), _q_mask_blocks(qm, bq), order, vis.transpose(1, 0, 2), count)
+    out, lse = jax.lax.map(one_block, xs)
     return _from_blocks(out, 3), _from_blocks(lse, 3)
 
 
@@ -419,8 +482,9 @@ def _flash_fwd(q, k, v, qm, km, bq, bk):
 def _flash_bwd(bq, bk, res, dout):
     """Flash attention's backward: with P = exp(S − lse) recomputed per tile and
     D = rowsum(dO ⊙ O), dV = Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − D), dQ = dS·K/√H, dK = dSᵀ·Q/√H.
-    Two passes, each streaming the other side's tiles: dQ (map over query blocks, scan over
-    key tiles), then dK, dV (map over key blocks, scan over query tiles)."""
+    Two passes, each visiting the other side's scheduled tiles (``_schedule``): dQ (map
+    over query blocks, loop over their key tiles), then dK, dV (map over key blocks, loop
+    over their query tiles)."""
     q, k, v, qm, km, out, lse = res
     scale = 1.0 / math.sqrt(q.shape[-1])
     do = dout.astype(jnp.float32)
@@ -429,41 +493,44 @@ def _flash_bwd(bq, bk, res, dout):
         _q_mask_blocks(qm, bq),
     )
     kv = _kv_tiles(k, v, km, bk)
+    (vis, order, count), (vis_t, order_t, count_t) = _schedule(qm, km, bq, bk)
 
-    def grads(qi, doi, lsei, di, qmi, kj, vj, kmj):
-        p = jnp.exp(_tile_scores(qi, kj, qmi, kmj) - lsei)  # [B, K, G, bq, bk]
+    def grads(qi, doi, lsei, di, qmi, kj, vj, kmj, valid):
+        p = jnp.exp(_tile_scores(qi, kj, qmi, kmj, valid) - lsei)  # [B, K, G, bq, bk]
+        # A padding query's lse is about NEG, so a masked score need not give p = 0 there.
+        p = jnp.where(valid[:, None, None, None, None], p, 0.0)
         dp = jnp.einsum("bkgqh,bksh->bkgqs", doi, vj, preferred_element_type=jnp.float32)
         return p, p * (dp - di)
 
     def dq_block(args):
-        qi, doi, lsei, di, qmi = args
+        (qi, doi, lsei, di, qmi), order_i, vis_i, count_i = args
 
-        def step(dq, tile):
+        def step(dq, tile, valid):
             kj, vj, kmj = tile
-            _, ds = grads(qi, doi, lsei, di, qmi, kj, vj, kmj)
-            return dq + jnp.einsum("bkgqs,bksh->bkgqh", ds, kj.astype(jnp.float32)), None
+            _, ds = grads(qi, doi, lsei, di, qmi, kj, vj, kmj, valid)
+            return dq + jnp.einsum("bkgqs,bksh->bkgqh", ds, kj.astype(jnp.float32))
 
-        dq, _ = jax.lax.scan(step, jnp.zeros(qi.shape, jnp.float32), kv)
+        dq = _visit(count_i, order_i, vis_i, kv, step, jnp.zeros(qi.shape, jnp.float32))
         return dq * scale
 
-    def dkv_block(tile):
-        kj, vj, kmj = tile
+    def dkv_block(args):
+        (kj, vj, kmj), order_j, vis_j, count_j = args
 
-        def step(carry, args):
+        def step(carry, tile, valid):
             dk, dv = carry
-            qi, doi, lsei, di, qmi = args
-            p, ds = grads(qi, doi, lsei, di, qmi, kj, vj, kmj)
+            qi, doi, lsei, di, qmi = tile
+            p, ds = grads(qi, doi, lsei, di, qmi, kj, vj, kmj, valid)
             dv = dv + jnp.einsum("bkgqs,bkgqh->bksh", p, doi)
             dk = dk + jnp.einsum("bkgqs,bkgqh->bksh", ds, qi.astype(jnp.float32))
-            return (dk, dv), None
+            return dk, dv
 
         zeros = jnp.zeros(kj.shape, jnp.float32)
-        (dk, dv), _ = jax.lax.scan(step, (zeros, zeros), q_side)
+        dk, dv = _visit(count_j, order_j, vis_j, q_side, step, (zeros, zeros))
         return dk * scale, dv
 
-    dq = _from_blocks(jax.lax.map(dq_block, q_side), 3)
-    dk, dv = jax.lax.map(dkv_block, kv)
-    dk, dv = _from_blocks(dk, 2), _from_blocks(dv, 2)
+    dq = jax.lax.map(dq_block, (q_side, order, vis.transpose(1, 0, 2), count))
+    dk, dv = jax.lax.map(dkv_block, (kv, order_t, vis_t.transpose(1, 0, 2), count_t))
+    dq, dk, dv = _from_blocks(dq, 3), _from_blocks(dk, 2), _from_blocks(dv, 2)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
