@@ -281,6 +281,8 @@ def base() -> ml_collections.ConfigDict:
         ntp_batch_size=64,
         kl_to_init=True,  # log KL(policy || initial policy); one extra forward a step
         peak_tflops=placeholder(float),  # summed device peak, for the MFU metric
+        # pack each tree's unique tokens for the update (None: on unless attention is xla)
+        tree_packing=placeholder(bool),
     )
     # num_prompts None: the full test sets (AT²PO Table 1 and its test-set sizes; the
     # averages weight each dataset by its questions, as eval/em_avg does). every=20: the ref

@@ -37,12 +37,46 @@ class BatchError(ValueError):
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class PackedBatch:
+    """The unique tokens of a batch of turn trees, for a training forward that computes
+    every shared prefix once (``rlpt_jax.rollout.tree.pack``,
+    ``rlpt_jax.train.steps.packed_token_logprobs``).
+
+    Every array has one row per tree (P rows), so that any split of the trees (mini- and
+    micro-batches, devices) splits all of them alike. ``[P, S]`` int32: each node's tokens
+    (tool, then model) once. ``positions``: a token's position along its root-to-leaf path
+    (its position in every flat row that holds it); ``segment_ids`` 1 on tokens, 0 on
+    padding; ``node`` the pre-order index of the token's node and ``end`` the last
+    pre-order index in that node's subtree (``attention.Mask.within_tree``); ``pred`` the
+    column of the token whose hidden state scores this one (the previous token on its
+    path: the one before it in its node, or the parent node's last token; −1 for the first
+    prompt token and padding). ``gather`` ``[P, G, T]``: for the tree's G flat rows (its
+    root-to-leaf paths, then empty rows), the column of each of their T tokens in the
+    tree's packed row (−1 on padding).
+
+    The flat rows of an :class:`RLBatch` that carries a PackedBatch are laid out by tree:
+    rows ``p·G … p·G + G − 1`` are tree p's (``RLBatch.rows_per_tree``).
+    """
+
+    tokens: jax.Array
+    positions: jax.Array
+    segment_ids: jax.Array
+    node: jax.Array
+    end: jax.Array
+    pred: jax.Array
+    gather: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class RLBatch:
     """One training batch; every field ``[B, T]`` (see the module docstring).
 
     tokens, positions, segment_ids, turn_ids: int32. loss_mask (0/1), advantages,
     old_logp, ref_logp: float32. ``ref_logp`` is None when no reference policy is used.
     ``turn_ids`` counts turns 0, 1, … within a row on loss tokens (−1 elsewhere).
+    ``tree``: the same rows' turn trees packed (:class:`PackedBatch`), for the update
+    step's packed forward; the rows are then grouped by tree (``rows_per_tree``).
     """
 
     tokens: jax.Array
@@ -53,44 +87,23 @@ class RLBatch:
     advantages: jax.Array
     old_logp: jax.Array
     ref_logp: jax.Array | None = None
+    tree: PackedBatch | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.tokens.shape)
 
+    @property
+    def rows_per_tree(self) -> int:
+        """G: flat rows per packed tree (1 without a tree: every row is its own unit)."""
+        return 1 if self.tree is None else int(self.tree.gather.shape[1])
+
     def replace(self, **kw) -> RLBatch:
         return dataclasses.replace(self, **kw)
 
     def fields(self) -> dict[str, jax.Array | None]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class PackedBatch:
-    """The unique tokens of a batch of turn trees, for a training forward that computes
-    every shared prefix once (``rlpt_jax.rollout.tree.pack``,
-    ``rlpt_jax.train.steps.packed_token_logprobs``).
-
-    ``[P, S]`` int32 arrays, one row per tree: each node's tokens (tool, then model) once.
-    ``positions``: a token's position along its root-to-leaf path (its position in every
-    flat row that holds it); ``segment_ids`` 1 on tokens, 0 on padding; ``node`` the
-    pre-order index of the token's node and ``end`` the last pre-order index in that
-    node's subtree (``attention.Mask.within_tree``); ``pred`` the column of the token whose
-    hidden state scores this one (the previous token on its path: the one before it in its
-    node, or the parent node's last token; −1 for the first prompt token and padding).
-    ``gather`` ``[R, T]``: where each token of the flat rows (an :class:`RLBatch`) sits in
-    the packed rows, as ``row · S + column`` (−1 on padding), so that
-    ``packed.reshape(-1)[gather]`` is the flat layout.
-    """
-
-    tokens: jax.Array
-    positions: jax.Array
-    segment_ids: jax.Array
-    node: jax.Array
-    end: jax.Array
-    pred: jax.Array
-    gather: jax.Array
+        """The ``[B, T]`` fields (every field but ``tree``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tree"}
 
 
 def turn_ids_from_mask(loss_mask: np.ndarray) -> np.ndarray:
@@ -217,6 +230,13 @@ def validate(
             raise BatchError(
                 f"tokens must be in [0, {vocab_size}); got range [{tok.min()}, {tok.max()}]"
             )
+    if batch.tree is not None:
+        gather = np.shape(batch.tree.gather)
+        if len(gather) != 3 or gather[0] * gather[1] != shape[0] or gather[2] != shape[1]:
+            raise BatchError(
+                f"RLBatch.tree.gather has shape {gather}; expected [P, G, T] with P·G = "
+                f"{shape[0]} rows and T = {shape[1]}"
+            )
     counts = nonfinite_counts(batch)
     if not allow_nonfinite and any(counts.values()):
         raise BatchError(f"non-finite values in the batch: {counts}")
@@ -242,24 +262,43 @@ def bucket_length(t: int, buckets: Sequence[int] | None = None, *, min_length: i
 
 
 def pad_batch(
-    batch: RLBatch, length: int | None = None, rows: int | None = None, *, pad_id: int = 0
+    batch: RLBatch,
+    length: int | None = None,
+    rows: int | None = None,
+    *,
+    pad_id: int = 0,
+    at: np.ndarray | None = None,
 ) -> RLBatch:
     """Pad a host batch to ``[rows, length]`` with dead tokens (segment 0, loss mask 0).
 
     ``length`` defaults to :func:`bucket_length` of the current T; ``rows`` to B. Padding
     rows have no loss token, so they change no loss aggregation (see algos.losses).
+    ``at`` [B]: the row each of the batch's rows goes to (default: the first B, in order),
+    e.g. to lay rows out by tree (:class:`PackedBatch`). A batch with a ``tree`` is
+    already laid out and is not padded again.
     """
+    if batch.tree is not None:
+        raise BatchError("pad_batch of a batch with a packed tree: pad before packing")
     b, t = batch.shape
     length = bucket_length(t) if length is None else length
     rows = b if rows is None else rows
     if length < t or rows < b:
         raise BatchError(f"cannot pad a [{b}, {t}] batch down to [{rows}, {length}]")
+    at = np.arange(b) if at is None else np.asarray(at)
+    if (
+        at.shape != (b,)
+        or len(set(at.tolist())) != b
+        or (b and not 0 <= at.min() <= at.max() < rows)
+    ):
+        raise BatchError(f"pad_batch: `at` must give {b} distinct rows in [0, {rows})")
     fill = {"tokens": pad_id, "turn_ids": -1}
 
     def pad(name, x):
         if x is None:
             return None
         x = np.asarray(x)
-        return np.pad(x, ((0, rows - b), (0, length - t)), constant_values=fill.get(name, 0))
+        out = np.full((rows, length), fill.get(name, 0), x.dtype)
+        out[at, :t] = x
+        return out
 
     return RLBatch(**{name: pad(name, x) for name, x in batch.fields().items()})

@@ -72,6 +72,7 @@ UNUSED_WHEN: list[tuple[str, typing.Callable[[E.ExperimentConfig], bool], str]] 
     ("outage.max_failure_fraction", lambda e: e.method == "ntp", "NTP calls no service"),
     ("loss.kl_kind", lambda e: e.loss.kl_coef == 0, "no KL term in the loss"),
     ("checkpoint.best_mode", lambda e: e.checkpoint.best_metric is None, "no best metric"),
+    ("train.tree_packing", lambda e: e.method != "at2po", "AT²PO's trees"),
 ]
 
 

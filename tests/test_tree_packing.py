@@ -12,7 +12,7 @@ from hf_fixtures import tiny_llama_config
 from rlpt_jax.batch import PackedBatch
 from rlpt_jax.models import attention
 from rlpt_jax.models.decoder import init_model
-from rlpt_jax.rollout.tree import Tree, flatten, pack
+from rlpt_jax.rollout.tree import Tree, flatten, pack, slots
 from rlpt_jax.train.steps import packed_token_logprobs, token_logprobs
 
 VOCAB = 32
@@ -47,11 +47,21 @@ def test_pack_lays_out_a_hand_built_tree():
     np.testing.assert_array_equal(p.pred[0, :10], [-1, 0, 1, 2, 3, 4, 5, 6, 3, 8])
     np.testing.assert_array_equal(p.segment_ids[0], [1] * 10 + [0, 0])
     flat = flatten([tree], [np.zeros(5)], pad_id=0, length=8)
-    np.testing.assert_array_equal(p.gather, [[0, 1, 2, 3, 8, 9, -1, -1], [0, 1, 2, 3, 4, 5, 6, 7]])
+    np.testing.assert_array_equal(
+        p.gather, [[[0, 1, 2, 3, 8, 9, -1, -1], [0, 1, 2, 3, 4, 5, 6, 7]]]
+    )
     # the gather reproduces the flat rows' tokens and positions
     for name in ("tokens", "positions"):
-        packed = getattr(p, name).reshape(-1)[np.maximum(p.gather, 0)]
-        np.testing.assert_array_equal(np.where(p.gather >= 0, packed, 0), getattr(flat, name))
+        packed = getattr(p, name)[0][np.maximum(p.gather[0], 0)]
+        np.testing.assert_array_equal(np.where(p.gather[0] >= 0, packed, 0), getattr(flat, name))
+    # with room for more rows and trees: empty rows and trees, gather -1
+    wide = pack([tree], pad_id=0, length=12, flat_length=8, rows_per_tree=3, num_rows=2)
+    assert wide.gather.shape == (2, 3, 8)
+    np.testing.assert_array_equal(wide.gather[0, :2], p.gather[0])
+    assert (wide.gather[0, 2] == -1).all() and (wide.gather[1] == -1).all()
+    assert (wide.segment_ids[1] == 0).all()
+    with pytest.raises(ValueError, match="do not fit"):
+        pack([tree], pad_id=0, length=12, flat_length=8, rows_per_tree=1)
 
 
 def test_tree_mask_sees_ancestors_and_its_own_node_only():
@@ -79,12 +89,22 @@ def _random_tree(rng, prompt_len: int, nodes: int) -> Tree:
 
 
 def _batches(seed: int, trees: int = 3):
+    """Random trees as flat rows laid out by tree (:func:`slots`, empty rows padding each
+    tree to the most leaves) and packed."""
     rng = np.random.default_rng(seed)
     ts = [_random_tree(rng, int(rng.integers(2, 7)), int(rng.integers(2, 9))) for _ in range(trees)]
     flat = flatten(ts, [np.zeros(len(t.nodes)) for t in ts], pad_id=0)
     length = max(sum(n.num_tokens for n in t.nodes) for t in ts)
     packed = pack(ts, pad_id=0, length=length, flat_length=flat.tokens.shape[1])
     assert flat.tokens.shape[0] > len(ts)  # some tree has several leaves: prefixes shared
+    at = slots(flat.leaf, packed.gather.shape[1])
+    for name in ("tokens", "positions", "segment_ids", "loss_mask", "turn_ids"):
+        x = getattr(flat, name)
+        laid = np.full(
+            (len(ts) * packed.gather.shape[1], x.shape[1]), -1 if name == "turn_ids" else 0, x.dtype
+        )
+        laid[at] = x
+        setattr(flat, name, laid)
     return flat, PackedBatch(**{k: jnp.asarray(v) for k, v in vars(packed).items()})
 
 
@@ -119,4 +139,124 @@ def test_packing_computes_fewer_tokens_than_the_flat_rows():
     flat, packed = _batches(0, trees=4)
     unique = int(np.asarray(packed.segment_ids).sum())
     assert unique < int(flat.segment_ids.sum())
-    assert int(packed.gather.max()) < packed.tokens.size
+    assert int(packed.gather.max()) < packed.tokens.shape[1]
+
+
+UPDATE_CASES = [  # (loss, per-leaf advantages (GRPO on a tree), micro-batches, attention)
+    ("atpo", False, 1, "xla"),
+    ("atpo", False, 3, "blockwise"),
+    ("grpo", True, 1, "blockwise"),
+    ("grpo", True, 3, "xla"),
+    ("gspo", False, 1, "xla"),
+    ("gspo", False, 3, "blockwise"),
+]
+
+
+@pytest.mark.parametrize("loss,per_leaf,micro,impl", UPDATE_CASES)
+def test_packed_update_step_equals_the_flat_one(loss, per_leaf, micro, impl):
+    """The update step on an RLBatch carrying its packed trees: the same loss, metrics
+    (ratios, clipping, KL, entropy) and parameter update as on the flat rows alone, with
+    micro-batches of whole trees."""
+    import dataclasses
+
+    import jax
+    import optax
+
+    from rlpt_jax.algos.losses import PRESETS
+    from rlpt_jax.batch import make_batch
+    from rlpt_jax.train import state as S
+    from rlpt_jax.train import steps as ST
+
+    cfg = tiny_llama_config(VOCAB, attention=impl, attention_block=4)
+    flat, packed = _batches(7)
+    rng = np.random.default_rng(7)
+    mask = flat.loss_mask
+    model = init_model(cfg, 0)
+    true, _ = token_logprobs(
+        model, *map(jnp.asarray, (flat.tokens, flat.positions, flat.segment_ids))
+    )
+    noise = lambda: rng.normal(0, 0.05, mask.shape)  # noqa: E731
+    if per_leaf:
+        adv = rng.normal(size=(mask.shape[0], 1)) * mask
+    else:
+        adv = rng.normal(size=mask.shape) * mask
+    batch = make_batch(
+        flat.tokens,
+        mask,
+        adv,
+        np.where(mask > 0, np.asarray(true) + noise(), 0.0),
+        segment_ids=flat.segment_ids,
+        positions=flat.positions,
+        turn_ids=flat.turn_ids,
+        ref_logp=np.where(mask > 0, np.asarray(true) + noise(), 0.0).astype(np.float32),
+    )
+    loss_cfg = dataclasses.replace(
+        PRESETS[loss], clip_low=0.05, clip_high=0.06, kl_coef=0.1, entropy_coef=0.01
+    )
+    objective = ST.policy_objective(loss_cfg)
+    # An "optimiser" that keeps the gradient as its state: compared directly, not through
+    # a parameter difference that float32 rounds at the parameters' scale.
+    tx = optax.GradientTransformation(
+        lambda params: jax.tree.map(jnp.zeros_like, params),
+        lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads),
+    )
+
+    def run(b, m):
+        state = S.create_train_state(init_model(cfg, 0), tx)
+        step = ST.make_update_step(tx, objective, ST.StepConfig(micro_batches=m, chunk=8))
+        state, metrics = step(state, b)
+        return jax.tree.map(np.asarray, state.opt_state), jax.device_get(metrics)
+
+    d_flat, m_flat = run(batch, 1)
+    d_packed, m_packed = run(batch.replace(tree=packed), micro)
+    assert set(m_packed) == set(m_flat)
+    # The loss, gradient and token count of any micro-batch split equal the full batch's;
+    # other metrics are weighted means of per-micro-batch values, which depend on the split
+    # (micro-batches of whole trees here, of single rows in a flat step), so they are
+    # compared without micro-batches.
+    exact = ("loss", "grad_norm", "tokens", "skipped")
+    for k in m_flat if micro == 1 else exact:
+        np.testing.assert_allclose(m_packed[k], m_flat[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for (path, a), (_, b) in zip(
+        jax.tree_util.tree_leaves_with_path(d_packed), jax.tree_util.tree_leaves_with_path(d_flat)
+    ):
+        scale = max(float(np.abs(b).max()), 1e-12)
+        np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0, err_msg=str(path))
+
+
+@pytest.mark.slow
+def test_at2po_tiny_run_is_the_same_with_and_without_tree_packing(tmp_path):
+    """Two steps of AT²PO's tiny variant through launch/train.py, trees packed for the
+    update or flat: the same rewards, losses, ratios, KL and evaluation, up to float
+    rounding (the packed forward adds in another order)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    runs = {}
+    for packing in ("True", "False"):
+        workdir = tmp_path / packing
+        cmd = [
+            sys.executable,
+            str(root / "launch" / "train.py"),
+            "--config=configs/at2po_qwen.py:tiny",
+            f"--workdir={workdir}",
+            f"--config.train.tree_packing={packing}",
+        ]
+        env = dict(os.environ, XLA_FLAGS="")
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        runs[packing] = [json.loads(line) for line in lines]
+    packed, flat = runs["True"], runs["False"]
+    assert [r["step"] for r in packed] == [r["step"] for r in flat] == [1, 2]
+    for p, f in zip(packed, flat):
+        assert 0 < p["train/packed_tokens"] < p["train/flat_tokens"]  # prefixes computed once
+        assert "train/packed_tokens" not in f
+        for k in f:
+            if k.startswith("perf/") or k == "time":
+                continue
+            np.testing.assert_allclose(p[k], f[k], rtol=1e-4, atol=1e-6, err_msg=k)

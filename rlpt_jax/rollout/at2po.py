@@ -41,7 +41,15 @@ from rlpt_jax.envs.search_env import OUTCOMES, SearchEnvConfig
 from rlpt_jax.envs.tags import extract_final_answer, model_view
 from rlpt_jax.rewards.qa import at2po_reward
 from rlpt_jax.rollout.policy import Policy, SampleSpec
-from rlpt_jax.rollout.tree import Tree, TreeConfig, TreeRollout, flatten, release_rows
+from rlpt_jax.rollout.tree import (
+    Tree,
+    TreeConfig,
+    TreeRollout,
+    flatten,
+    pack,
+    release_rows,
+    slots,
+)
 
 # Turn outcomes counted every step, zero or not ("truncated": out of token budget).
 STEP_OUTCOMES = (*OUTCOMES, "truncated")
@@ -321,8 +329,14 @@ def at2po_rollout(
     dapo: DAPOConfig | None = None,
     more_questions: Callable[[], Sequence] | None = None,
     check_answers: AnswerCheck | None = None,
+    pack_trees: bool = False,
 ) -> TreeBatch:
     """Trees for ``questions``, their leaf rewards, turn credit and the training batch.
+
+    ``pack_trees``: the batch also carries the trees packed (``RLBatch.tree``), its rows
+    laid out by tree, ``tree_cfg.num_leaves`` rows per tree (or more, if a tree has more
+    leaves), and ``row_multiple`` then counts trees: the update step computes each shared
+    prefix once.
 
     ``advantage`` is the leaves' group advantage of ``credit.advantage="vanilla"``.
     ``dapo``: overlong shaping of leaf rewards (``L_max`` = ``tree_cfg.max_response_tokens``,
@@ -369,6 +383,7 @@ def at2po_rollout(
         rows.advantages = _vanilla_rows(rows, credits)
     masked = _mask_failed_rows(rows, [s.tree for s in kept])
     b, t = rows.tokens.shape
+    kept_trees = [s.tree for s in kept]
     batch = make_batch(
         rows.tokens,
         rows.loss_mask,
@@ -378,12 +393,23 @@ def at2po_rollout(
         positions=rows.positions,
         turn_ids=rows.turn_ids,
     )
-    batch = pad_batch(
-        batch,
-        length=bucket_length(t),
-        rows=-(-b // row_multiple) * row_multiple,
-        pad_id=policy.pad_id,
-    )
+    if pack_trees:
+        g = max([tree_cfg.num_leaves] + [len(tr.leaves()) for tr in kept_trees])
+        p = -(-len(kept_trees) // row_multiple) * row_multiple
+        length = bucket_length(t)
+        batch = pad_batch(
+            batch, length=length, rows=p * g, pad_id=policy.pad_id, at=slots(rows.leaf, g)
+        )
+        unique = max(tr.unique_tokens() for tr in kept_trees)
+        packed = pack(kept_trees, policy.pad_id, bucket_length(unique), length, g, p)
+        batch = batch.replace(tree=packed)
+    else:
+        batch = pad_batch(
+            batch,
+            length=bucket_length(t),
+            rows=-(-b // row_multiple) * row_multiple,
+            pad_id=policy.pad_id,
+        )
 
     trees = [s.tree for s in sampled]
     leaf_rewards = [s.rewards for s in sampled]

@@ -464,17 +464,34 @@ def flatten(
     return out
 
 
-def pack(trees: Sequence[Tree], pad_id: int, length: int, flat_length: int) -> PackedBatch:
-    """Pack ``trees`` into ``[len(trees), length]`` rows, one tree per row, and map the rows
-    of :func:`flatten` (same trees, ``flat_length`` tokens) onto them
-    (:class:`rlpt_jax.batch.PackedBatch`). Nodes go in depth-first pre-order, so that an
-    ancestor's tokens always precede its descendants'. Raises ValueError if a tree needs
-    more than ``length`` tokens."""
+def pack(
+    trees: Sequence[Tree],
+    pad_id: int,
+    length: int,
+    flat_length: int,
+    rows_per_tree: int | None = None,
+    num_rows: int | None = None,
+) -> PackedBatch:
+    """Pack ``trees`` into ``[num_rows, length]`` rows, one tree per row (then empty rows;
+    default ``num_rows``: one per tree), and map each tree's root-to-leaf rows (those of
+    :func:`flatten`, leaves in ``Tree.leaves`` order, ``flat_length`` tokens each) onto its
+    packed row: ``gather`` ``[num_rows, rows_per_tree, flat_length]`` (default
+    ``rows_per_tree``: the most leaves of any tree; see :class:`rlpt_jax.batch.PackedBatch`
+    and :func:`slots`). Nodes go in depth-first pre-order, so that an ancestor's tokens
+    always precede its descendants'. Raises ValueError if a tree needs more than
+    ``length`` tokens or has more than ``rows_per_tree`` leaves."""
     rows = [_pack_one(tree) for tree in trees]
     longest = max(len(r[0]) for r in rows)
     if longest > length:
         raise ValueError(f"a packed tree needs {longest} tokens but length={length}")
-    p = len(trees)
+    most = max(len(t.leaves()) for t in trees)
+    g = most if rows_per_tree is None else rows_per_tree
+    p = len(trees) if num_rows is None else num_rows
+    if g < most or p < len(trees):
+        raise ValueError(
+            f"{len(trees)} trees with up to {most} leaves do not fit {p} packed rows of "
+            f"{g} flat rows each"
+        )
     out = PackedBatch(
         tokens=np.full((p, length), pad_id, np.int32),
         positions=np.zeros((p, length), np.int32),
@@ -482,17 +499,31 @@ def pack(trees: Sequence[Tree], pad_id: int, length: int, flat_length: int) -> P
         node=np.zeros((p, length), np.int32),
         end=np.zeros((p, length), np.int32),
         pred=np.full((p, length), -1, np.int32),
-        gather=np.full((sum(len(t.leaves()) for t in trees), flat_length), -1, np.int32),
+        gather=np.full((p, g, flat_length), -1, np.int32),
     )
-    flat_row = 0
     for i, (tok, pos, node, end, pred, where) in enumerate(rows):
         n = len(tok)
         out.tokens[i, :n], out.positions[i, :n], out.segment_ids[i, :n] = tok, pos, 1
         out.node[i, :n], out.end[i, :n], out.pred[i, :n] = node, end, pred
-        for leaf in trees[i].leaves():
+        for k, leaf in enumerate(trees[i].leaves()):
             cols = np.concatenate([where[nid] for nid in trees[i].path(leaf)])
-            out.gather[flat_row, : len(cols)] = i * length + cols
-            flat_row += 1
+            if len(cols) > flat_length:
+                raise ValueError(f"a root-to-leaf row needs {len(cols)} tokens > {flat_length}")
+            out.gather[i, k, : len(cols)] = cols
+    return out
+
+
+def slots(leaf: Sequence[tuple[int, int]], rows_per_tree: int) -> np.ndarray:
+    """Where each of :func:`flatten`'s rows (its ``leaf`` list: tree index, leaf id, rows
+    grouped by tree) goes in the by-tree layout of a :class:`PackedBatch`: row
+    ``tree · rows_per_tree + k`` for the tree's k-th leaf."""
+    out, k, last = np.zeros(len(leaf), np.int64), 0, None
+    for r, (t, _) in enumerate(leaf):
+        k = k + 1 if t == last else 0
+        last = t
+        if k >= rows_per_tree:
+            raise ValueError(f"tree {t} has more than rows_per_tree={rows_per_tree} leaves")
+        out[r] = t * rows_per_tree + k
     return out
 
 

@@ -52,7 +52,7 @@ from rlpt_jax.models.config import ModelConfig
 from rlpt_jax.models.decoder import abstract_model
 from rlpt_jax.models.presets import preset
 from rlpt_jax.train.experiment import EMBEDDED, ExperimentConfig, from_config_dict
-from rlpt_jax.train.methods import method_class
+from rlpt_jax.train.methods import method_class, update_split
 
 _BYTES = {"float32": 4, "bfloat16": 2}
 GiB = 2**30
@@ -80,10 +80,13 @@ def planned_attention(exp: ExperimentConfig) -> str:
     accelerator run, so ``auto`` is resolved as on a GPU/TPU there."""
     from rlpt_jax.models import attention
 
-    backend = jax.default_backend()
-    platform = "gpu" if backend == "cpu" else backend
     m = exp.model
-    return attention.resolve(m.attention, m.dtype, m.batch_invariant, platform=platform)
+    return attention.resolve(m.attention, m.dtype, m.batch_invariant, _planned_platform())
+
+
+def _planned_platform() -> str:
+    backend = jax.default_backend()
+    return "gpu" if backend == "cpu" else backend
 
 
 def model_config(exp: ExperimentConfig, arch: str | None) -> ModelConfig:
@@ -126,9 +129,10 @@ def plan(exp: ExperimentConfig, cfg: ModelConfig, mesh) -> Plan:
     tp = mesh.shape["tensor"]
     tr = exp.train
     rows, seq = method_class(exp.method).step_shape(exp)
-    per_update = max(1, rows // tr.mini_batches)
-    micro_rows = tr.micro_batch_size or per_update
-    rows_dev = max(1, math.ceil(micro_rows / batch_shards))
+    # Micro-batches of whole units: rows, or packed trees (their unique tokens, at most
+    # their flat rows' tokens: the plan is the flat-equivalent upper bound).
+    split = update_split(exp, batch_shards, _planned_platform())
+    rows_dev = max(1, math.ceil(split.micro_units / batch_shards)) * split.unit
     tk = rows_dev * seq
     d, f = cfg.hidden_size, cfg.intermediate_size
     n_local = max(1, cfg.num_heads // tp)
@@ -193,7 +197,10 @@ def run(
     print(f"\n{'parameter':48s} {'shape':>22s}  {'sharding':28s} {'per device':>20s}")
     for name, shape, spec, local in p.params:  # layer parameters stacked: [L, ...]
         print(f"{name[:48]:48s} {str(shape):>22s}  {spec[:28]:28s} {str(local):>20s}")
-    print(f"\nper-device memory estimate (attention: {planned_attention(exp)}):")
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    packed = update_split(exp, shards, _planned_platform()).unit > 1
+    trees = ", trees packed: one micro-batch of whole trees" if packed else ""
+    print(f"\nper-device memory estimate (attention: {planned_attention(exp)}{trees}):")
     for k, v in p.bytes.items():
         print(f"  {k:32s} {v / GiB:9.2f} GiB")
     print(f"  {'total':32s} {p.total / GiB:9.2f} GiB")

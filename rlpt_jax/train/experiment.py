@@ -127,6 +127,19 @@ class TrainConfig:
     baseline. ``kl_to_init``: log the KL to the initial policy every step (keeps a frozen
     copy of the initial weights; one extra forward). ``peak_tflops``: the devices' summed
     peak, for the model-FLOP utilisation metric (None: not reported).
+
+    ``tree_packing`` (AT²PO): the update step's forward packs each tree's unique tokens
+    into one row under a tree mask, so that a prompt or turn shared by several leaves is
+    computed once (same loss and gradient as the flat rows; ``bench/tree_train.py``).
+    Micro-batches and devices then hold whole trees, and ``rollout.prompts_per_step`` is
+    padded with empty trees to a multiple of (data × fsdp) × mini-batches × micro-batches.
+    None (default): on for tree expansions when the model's attention skips masked tiles
+    (``blockwise``, ``splash``: "auto" on GPU and TPU) and a micro-batch holds at least a
+    tree's rows (``micro_batch_size`` 0 or >= ``tree.num_leaves``); off with ``xla``
+    (CPU's "auto"), whose dense [S, S] mask over a whole tree costs more than the flat rows
+    save, and with smaller micro-batches, where one whole tree per device would take more
+    activation memory than the micro-batch the config asks for (the paper config's 8
+    rows against 22 leaves; ``--dry_run`` shows the cost of forcing it on).
     """
 
     steps: int = 100
@@ -137,6 +150,7 @@ class TrainConfig:
     ntp_batch_size: int = 64
     kl_to_init: bool = True
     peak_tflops: float | None = None
+    tree_packing: bool | None = None
 
     def __post_init__(self):
         if self.steps < 1:

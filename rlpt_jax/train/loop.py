@@ -76,12 +76,18 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def _split_rows(batch: batch_lib.RLBatch, parts: int) -> list[batch_lib.RLBatch]:
-    """Consecutive mini-batches of rows (the update order of PPO-style epochs)."""
-    b = batch.shape[0]
-    if b % parts:
-        raise ValueError(f"{b} rows do not split into {parts} mini-batches")
-    k = b // parts
-    return [jax.tree.map(lambda x, i=i: x[i * k : (i + 1) * k], batch) for i in range(parts)]
+    """Consecutive mini-batches of rows (the update order of PPO-style epochs); with a
+    packed ``tree``, of whole trees with their rows."""
+    units = batch.shape[0] // batch.rows_per_tree
+    if units % parts:
+        what = "rows" if batch.tree is None else "packed trees"
+        raise ValueError(f"{units} {what} do not split into {parts} mini-batches")
+
+    def part(x, i):
+        k = x.shape[0] // parts
+        return x[i * k : (i + 1) * k]
+
+    return [jax.tree.map(lambda x, i=i: part(x, i), batch) for i in range(parts)]
 
 
 def _kl_k3(logp: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
@@ -147,9 +153,11 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     graphdef = state.graphdef
     objective = data.objective()
     rows_per_shard = mesh.shape["data"] * mesh.shape["fsdp"]
-    rows, _ = data.step_shape(exp)
-    per_update = -(-rows // exp.train.mini_batches)
-    micro = -(-per_update // exp.train.micro_batch_size) if exp.train.micro_batch_size else 1
+    split = methods.update_split(exp, rows_per_shard)
+    micro = split.micro
+    if split.unit > 1:  # AT²PO's trees, packed for the update (TrainConfig.tree_packing)
+        data.pack_trees = True
+    # rows, or packed trees (methods.rows_per_unit): the units every split keeps whole
     row_multiple = rows_per_shard * exp.train.mini_batches * micro
     step_cfg = StepConfig.for_experiment(exp, micro_batches=micro)
     update = make_update_step(tx, objective, step_cfg, mesh=mesh, state_shardings=shardings)
@@ -249,6 +257,9 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
                 if k in ("skipped", "tokens")
                 else np.mean(v)
             )
+        if batch.tree is not None:  # the tokens the packed forward computed, of the flat ones
+            m["train/packed_tokens"] = float(np.asarray(batch.tree.segment_ids).sum())
+            m["train/flat_tokens"] = float(np.asarray(batch.segment_ids > 0).sum())
         dt = time.time() - t0
         tokens = int(np.asarray(batch.segment_ids > 0).sum())
         m.update(

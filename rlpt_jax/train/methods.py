@@ -399,6 +399,27 @@ class AT2POMethod:
         rows = exp.rollout.prompts_per_step * exp.tree.num_leaves
         return rows, exp.rollout.max_prompt_tokens + exp.tree.max_response_tokens
 
+    # Set by the training loop from ``update_split``: whether the batch carries packed trees.
+    pack_trees: bool = False
+
+    @staticmethod
+    def tree_packing(exp: ExperimentConfig, platform: str | None = None, shards: int = 1) -> bool:
+        """Whether the update step packs the trees (``TrainConfig.tree_packing``) on
+        ``platform`` (default: JAX's backend) with ``shards`` batch shards."""
+        if exp.train.tree_packing is not None:
+            return exp.train.tree_packing
+        if exp.tree.expansion == "chains":
+            return False
+        mbs = exp.train.micro_batch_size
+        if mbs and mbs < exp.tree.num_leaves:  # a whole tree would outgrow the micro-batch
+            return False
+        if exp.rollout.prompts_per_step // exp.train.mini_batches < shards:
+            return False  # fewer trees than shards: whole trees would leave devices idle
+        from rlpt_jax.models.attention import resolve
+
+        m = exp.model
+        return resolve(m.attention, m.dtype, m.batch_invariant, platform) != "xla"
+
     def objective(self) -> Objective:
         return policy_objective(self.exp.loss)
 
@@ -423,6 +444,7 @@ class AT2POMethod:
             dapo=self.exp.dapo,
             more_questions=self.next_questions,  # DAPO's refill rounds
             check_answers=self.math,
+            pack_trees=self.pack_trees,
         )
         m = dict(out.metrics)
         if self.math is not None:
@@ -765,6 +787,42 @@ def _nll_batch(tokens, seg, mask, pad_id: int, row_multiple: int) -> RLBatch:
     batch = make_batch(tokens, mask, zeros, zeros, segment_ids=seg)
     rows = -(-tokens.shape[0] // row_multiple) * row_multiple
     return pad_batch(batch, length=tokens.shape[1], rows=rows, pad_id=pad_id)
+
+
+def rows_per_unit(exp: ExperimentConfig, platform: str | None = None, shards: int = 1) -> int:
+    """Rows of a step's batch that mini-batches, micro-batches and devices never split: one
+    tree's when the update packs AT²PO trees (``TrainConfig.tree_packing``), else 1."""
+    if exp.method == "at2po" and AT2POMethod.tree_packing(exp, platform, shards):
+        return exp.tree.num_leaves
+    return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSplit:
+    """How a step's batch splits for the update: ``unit`` rows that no split divides
+    (:func:`rows_per_unit`), ``micro`` gradient-accumulation steps per update, each of
+    ``micro_units`` units over all devices."""
+
+    unit: int
+    micro: int
+    micro_units: int
+
+
+def update_split(exp: ExperimentConfig, shards: int, platform: str | None = None) -> UpdateSplit:
+    """The update's split for ``shards`` batch shards (data × fsdp): micro-batches of
+    ``train.micro_batch_size`` rows (all devices together; 0: the whole update), rounded
+    to whole units and to at least one unit per shard."""
+    rows, _ = method_class(exp.method).step_shape(exp)
+    unit = rows_per_unit(exp, platform, shards)
+    units = -(-rows // unit)
+    per_update = max(1, -(-units // exp.train.mini_batches))
+    if not exp.train.micro_batch_size:
+        return UpdateSplit(unit, 1, per_update)
+    micro_units = max(exp.train.micro_batch_size // unit, 1)
+    if unit > 1:  # a tree per shard at least: a micro-batch of fewer would pad empty trees
+        micro_units = -(-micro_units // shards) * shards
+    micro = -(-per_update // micro_units)
+    return UpdateSplit(unit, micro, micro_units)
 
 
 def method_class(name: str) -> type:

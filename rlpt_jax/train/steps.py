@@ -139,12 +139,14 @@ def packed_token_logprobs(
     logits_remat: bool = True,
     with_entropy: bool = False,
 ) -> tuple[Array, Array | None]:
-    """:func:`token_logprobs` of the flat rows ``[R, T]`` that ``packed.gather`` maps onto
-    packed trees (``rlpt_jax.rollout.tree.pack``), computed on the packed rows: one forward
-    over each tree's unique tokens under the tree mask, each token scored from the hidden
-    state of its predecessor on its path (``packed.pred``), then gathered into the flat
-    layout. A token shared by several flat rows is computed once; its gradient is the sum
-    over the rows that hold it, as in the flat step."""
+    """:func:`token_logprobs` of the flat rows ``[P·G, T]`` that ``packed.gather`` maps
+    onto packed trees (``rlpt_jax.rollout.tree.pack``), computed on the packed rows: one
+    forward over each tree's unique tokens under the tree mask, each token scored from the
+    hidden state of its predecessor on its path (``packed.pred``), then gathered into the
+    flat layout (tree p's rows are p·G … p·G + G − 1). A token shared by several flat rows
+    is computed once; its gradient is the sum over the rows that hold it, as in the flat
+    step. The gather stays within a tree's row, so it is local to whichever device holds
+    the tree."""
     tree = (packed.node, packed.end)
     h, _ = model.hidden(
         packed.tokens, packed.positions, segment_ids=packed.segment_ids, remat=remat, tree=tree
@@ -152,11 +154,13 @@ def packed_token_logprobs(
     pred = packed.pred
     h_pred = jnp.take_along_axis(h, jnp.maximum(pred, 0)[..., None], axis=1)
     logp, ent = _scored(model, h_pred, packed.tokens, chunk, logits_remat, with_entropy)
-    gather = packed.gather
+    p, g, t = packed.gather.shape
+    cols = packed.gather.reshape(p, g * t)
 
-    def to_flat(x):  # [P, S] → [R, T]
-        x = jnp.where(pred >= 0, x, 0.0).reshape(-1)
-        return jnp.where(gather >= 0, x[jnp.maximum(gather, 0)], 0.0)
+    def to_flat(x):  # [P, S] → [P·G, T]
+        x = jnp.where(pred >= 0, x, 0.0)
+        flat = jnp.take_along_axis(x, jnp.maximum(cols, 0), axis=1)
+        return jnp.where(cols >= 0, flat, 0.0).reshape(p * g, t)
 
     return to_flat(logp), None if ent is None else to_flat(ent)
 
@@ -376,14 +380,18 @@ def policy_objective(cfg) -> Objective:
 
 
 def _split_micro(batch: RLBatch, m: int, mesh: Mesh | None) -> RLBatch:
-    """[B, T] fields → [M, B/M, T]; micro-batch i takes rows i, i + M, … so that every
-    device's contiguous block of rows contributes to every micro-batch."""
-    b = batch.tokens.shape[0]
-    if b % m:
-        raise ValueError(f"batch of {b} rows does not split into {m} micro-batches")
+    """[B, T] fields → [M, B/M, T]; micro-batch i takes units i, i + M, … (rows, or whole
+    trees' rows with a packed ``tree``: ``RLBatch.rows_per_tree``) so that every device's
+    contiguous block of rows contributes to every micro-batch."""
+    units = batch.tokens.shape[0] // batch.rows_per_tree
+    if units % m:
+        what = "rows" if batch.tree is None else "packed trees"
+        raise ValueError(f"batch of {units} {what} does not split into {m} micro-batches")
 
     def split(x):
-        x = x.reshape(b // m, m, *x.shape[1:]).swapaxes(0, 1)
+        per_unit, rest = x.shape[0] // units, x.shape[1:]
+        x = x.reshape(units // m, m, per_unit, *rest).swapaxes(0, 1)
+        x = x.reshape(m, units // m * per_unit, *rest)
         if mesh is not None:
             spec = PartitionSpec(None, ("data", "fsdp"), *([None] * (x.ndim - 2)))
             x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
@@ -425,16 +433,16 @@ def make_update_step(
 
     def micro_loss(params, graphdef, mb: RLBatch):
         model = nnx.merge(graphdef, params)
-        logp, ent = token_logprobs(
-            model,
-            mb.tokens,
-            mb.positions,
-            mb.segment_ids,
+        opts = dict(
             chunk=cfg.chunk,
             remat=cfg.remat,
             logits_remat=cfg.recompute_logits,
             with_entropy=objective.needs_entropy,
         )
+        if mb.tree is not None:  # the same flat log-probs, each shared prefix computed once
+            logp, ent = packed_token_logprobs(model, mb.tree, **opts)
+        else:
+            logp, ent = token_logprobs(model, mb.tokens, mb.positions, mb.segment_ids, **opts)
         loss, metrics = objective.loss(logp, mb, ent)
         w = objective.weight(mb)
         return w * loss, (loss, w, metrics)
