@@ -12,6 +12,7 @@ from hf_fixtures import tiny_llama_config
 from rlpt_jax.batch import PackedBatch
 from rlpt_jax.models import attention
 from rlpt_jax.models.decoder import init_model
+from rlpt_jax.parallel import MeshConfig, make_mesh, shard_batch
 from rlpt_jax.rollout.tree import Tree, flatten, pack, slots
 from rlpt_jax.train.steps import packed_token_logprobs, token_logprobs
 
@@ -142,21 +143,23 @@ def test_packing_computes_fewer_tokens_than_the_flat_rows():
     assert int(packed.gather.max()) < packed.tokens.shape[1]
 
 
-UPDATE_CASES = [  # (loss, per-leaf advantages (GRPO on a tree), micro-batches, attention)
-    ("atpo", False, 1, "xla"),
-    ("atpo", False, 3, "blockwise"),
-    ("grpo", True, 1, "blockwise"),
-    ("grpo", True, 3, "xla"),
-    ("gspo", False, 1, "xla"),
-    ("gspo", False, 3, "blockwise"),
+UPDATE_CASES = [  # (loss, per-leaf advantages (GRPO on a tree), micro-batches, attention, mesh)
+    ("atpo", False, 1, "xla", False),
+    ("atpo", False, 2, "blockwise", False),
+    ("grpo", True, 1, "blockwise", False),
+    ("grpo", True, 2, "xla", False),
+    ("gspo", False, 1, "xla", False),
+    ("gspo", False, 2, "blockwise", False),
+    ("atpo", False, 1, "blockwise", True),
 ]
 
 
-@pytest.mark.parametrize("loss,per_leaf,micro,impl", UPDATE_CASES)
-def test_packed_update_step_equals_the_flat_one(loss, per_leaf, micro, impl):
+@pytest.mark.parametrize("loss,per_leaf,micro,impl,sharded", UPDATE_CASES)
+def test_packed_update_step_equals_the_flat_one(loss, per_leaf, micro, impl, sharded):
     """The update step on an RLBatch carrying its packed trees: the same loss, metrics
     (ratios, clipping, KL, entropy) and parameter update as on the flat rows alone, with
-    micro-batches of whole trees."""
+    micro-batches of whole trees, and sharded (data 2 x fsdp 2 x tensor 2: the trees and rows
+    split over the batch shards alike)."""
     import dataclasses
 
     import jax
@@ -168,7 +171,7 @@ def test_packed_update_step_equals_the_flat_one(loss, per_leaf, micro, impl):
     from rlpt_jax.train import steps as ST
 
     cfg = tiny_llama_config(VOCAB, attention=impl, attention_block=4)
-    flat, packed = _batches(7)
+    flat, packed = _batches(7, trees=4)
     rng = np.random.default_rng(7)
     mask = flat.loss_mask
     model = init_model(cfg, 0)
@@ -201,14 +204,23 @@ def test_packed_update_step_equals_the_flat_one(loss, per_leaf, micro, impl):
         lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads),
     )
 
-    def run(b, m):
+    def run(b, m, mesh=None):
         state = S.create_train_state(init_model(cfg, 0), tx)
-        step = ST.make_update_step(tx, objective, ST.StepConfig(micro_batches=m, chunk=8))
+        step_cfg = ST.StepConfig(micro_batches=m, chunk=8)
+        if mesh is None:
+            step = ST.make_update_step(tx, objective, step_cfg)
+        else:
+            state, shardings = S.shard_train_state(state, tx, mesh)
+            step = ST.make_update_step(
+                tx, objective, step_cfg, mesh=mesh, state_shardings=shardings
+            )
+            b = shard_batch(b, mesh)
         state, metrics = step(state, b)
         return jax.tree.map(np.asarray, state.opt_state), jax.device_get(metrics)
 
     d_flat, m_flat = run(batch, 1)
-    d_packed, m_packed = run(batch.replace(tree=packed), micro)
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)) if sharded else None
+    d_packed, m_packed = run(batch.replace(tree=packed), micro, mesh)
     assert set(m_packed) == set(m_flat)
     # The loss, gradient and token count of any micro-batch split equal the full batch's;
     # other metrics are weighted means of per-micro-batch values, which depend on the split
