@@ -135,6 +135,17 @@ def test_chains_mode_is_independent_chains():
     assert engine.forks == [((7, 8, 9), 5)]
 
 
+def test_one_chain_continues_the_prompt_row_without_a_fork():
+    """Greedy evaluation grows one chain per question: it takes the prompt's own row, so
+    that the cache holds one row per question, not a prompt row plus a forked copy."""
+    script = [(SEARCH, -1.0), (ANSWER, -0.1)]
+    tree, engine = _rollout(script, TreeConfig(num_chains=1, rounds=0, picks=0, expansion="chains"))
+    assert engine.forks == []
+    assert tree.parents == [-1, 0, 1]
+    assert list(engine.rows) == [0]  # the prompt's row, now the whole trajectory
+    assert engine.rows[0] == [7, 8, 9, SEARCH, RESULT, ANSWER]
+
+
 def test_flatten_known_tree():
     # root prompt [10, 11]; node 1: model [20, 21] (search); node 2 under 1: tool [30], model [40]
     # node 3 under root: model [50] (leaf)

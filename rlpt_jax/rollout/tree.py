@@ -292,15 +292,18 @@ class TreeRollout:
         trees = [Tree.new(i, p) for i, p in enumerate(prompts)]
         chains = cfg.num_chains if cfg.expansion != "chains" else cfg.num_leaves
         roots = self.engine.start(prompts)
-        forks = self.engine.fork(
-            [(root, len(tree.nodes[0].tool_tokens), chains) for tree, root in zip(trees, roots)]
-        )
+        if chains == 1:  # one chain (greedy evaluation): it continues the prompt's own row
+            forks = [[root] for root in roots]
+        else:
+            forks = self.engine.fork(
+                [(root, len(tree.nodes[0].tool_tokens), chains) for tree, root in zip(trees, roots)]
+            )
+            self.engine.release(roots)
         active = [
             _Active(tree, tree.add(0, [], 0), row, 0)
             for tree, rows in zip(trees, forks)
             for row in rows
         ]
-        self.engine.release(roots)
         self._advance(active)
         if cfg.expansion != "chains":
             for _ in range(cfg.rounds):
