@@ -9,8 +9,13 @@ environment here *forces* the trajectory shape of real agent rollouts: every tur
 to BM25 search as a query (its top passage, cut to 300 characters, is appended) until the
 third turn, which ends the trajectory. Forks then happen mid-trajectory, as in the paper.
 
+A third arm runs the same 22 chains the way a stateless generation server without prefix
+caching does (verl-style rollouts against such a server): every turn sends the whole
+trajectory so far, which is prefilled from scratch (``ReprefillEngine``).
+
 Prints a table and, as the last line, a JSON object with ``tree_prefill_ratio`` (tree
-prefill / chains prefill) and ``tree_tok_s_ratio`` (tree generated tokens/s / chains').
+prefill / prompt-sharing chains' prefill), ``tree_tok_s_ratio`` (tree generated tokens/s /
+those chains'), and the same two against the re-prefilling chains (``*_vs_reprefill``).
 """
 
 from __future__ import annotations
@@ -52,12 +57,54 @@ class ForcedSearchEnv:
         return out
 
 
-def run_trees(policy, env, prompts, cfg, seed):
+class ReprefillEngine:
+    """A turn engine that keeps each trajectory on the host and prefills all of it again
+    for every turn (a stateless server without prefix caching), over a real engine."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.history: dict[int, list[int]] = {}
+        self.next = 0
+
+    def _new(self, tokens) -> int:
+        self.history[self.next] = list(tokens)
+        self.next += 1
+        return self.next - 1
+
+    def start(self, prompts):
+        return [self._new(p) for p in prompts]
+
+    def fork(self, requests):
+        return [[self._new(self.history[r][:n]) for _ in range(m)] for r, n, m in requests]
+
+    def extend(self, rows, tokens):
+        for r, t in zip(rows, tokens):
+            self.history[r] += list(t)
+
+    def generate(self, rows, max_new_tokens):
+        live = self.engine.start([self.history[r] for r in rows])
+        samples = self.engine.generate(live, max_new_tokens)
+        self.engine.release(live)
+        for r, s in zip(rows, samples):
+            self.history[r] += list(s.tokens)
+        return samples
+
+    def release(self, rows):
+        for r in rows:
+            self.history.pop(r, None)
+
+    def counters(self):
+        return self.engine.counters()
+
+
+def run_trees(policy, env, prompts, cfg, seed, reprefill=False):
     from rlpt_jax.rollout.policy import SampleSpec
     from rlpt_jax.rollout.tree import TreeRollout, release_rows
 
     spec = SampleSpec(temperature=1.0, max_new_tokens=cfg.max_response_tokens)
     engine = policy.engine(spec, seed=seed)
+    if reprefill:
+        engine = ReprefillEngine(engine)
     ro = TreeRollout(engine, env, policy.tokenizer.decode, policy.tokenizer.encode, cfg)
     t0 = time.perf_counter()
     trees = ro.run(prompts)
@@ -111,13 +158,18 @@ def main(argv):
         max_response_tokens=budget,
         max_turn_tokens=_TURN.value,
     )
-    # Warm-up compiles every bucket both configurations use.
-    run_trees(policy, env, prompts, tree_cfg, seed=100)
-    run_trees(policy, env, prompts, chain_cfg, seed=100)
+    arms = (
+        ("AT2PO tree (10+2x6)", tree_cfg, False),
+        ("22 chains, shared prompt", chain_cfg, False),
+        ("22 chains, re-prefilled", chain_cfg, True),
+    )
+    # Warm-up compiles every bucket the arms use.
+    for _, cfg, reprefill in arms:
+        run_trees(policy, env, prompts, cfg, seed=100, reprefill=reprefill)
 
     rows = []
-    for name, cfg in (("AT2PO tree (10+2x6)", tree_cfg), ("22 independent chains", chain_cfg)):
-        trees, c, dt = run_trees(policy, env, prompts, cfg, seed=0)
+    for name, cfg, reprefill in arms:
+        trees, c, dt = run_trees(policy, env, prompts, cfg, seed=0, reprefill=reprefill)
         leaves = sum(len(t.leaves()) for t in trees)
         rows.append(
             (
@@ -136,7 +188,7 @@ def main(argv):
     )
     for r in rows:
         print(f"{r[0]:24s} {r[1]:6d} {r[2]:10d} {r[3]:10d} {r[4]:8.1f} {r[5]:10.1f} {r[6]:17d}")
-    tree, chains = rows
+    tree, chains, reprefilled = rows
     from rlpt_jax.comparison import machine_info
 
     print(
@@ -144,6 +196,14 @@ def main(argv):
             {
                 "tree_prefill_ratio": round(tree[2] / chains[2], 4),
                 "tree_tok_s_ratio": round(tree[5] / chains[5], 4),
+                "tree_prefill_ratio_vs_reprefill": round(tree[2] / reprefilled[2], 4),
+                "tree_tok_s_ratio_vs_reprefill": round(tree[5] / reprefilled[5], 4),
+                "prompts": _PROMPTS.value,
+                "turn_tokens": _TURN.value,
+                "arms": [
+                    dict(zip(("arm", "leaves", "prefilled", "generated", "s", "gen_tok_s"), r))
+                    for r in rows
+                ],
                 "machine": machine_info(),
             }
         )
