@@ -29,13 +29,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def paper_tree(rng, prompt=200, turn=100, tool=300, turns=(3, 4), chains=10, rounds=2, picks=6):
+def paper_tree(
+    rng, prompt=200, turn=100, tool=300, turns=(3, 4), chains=10, rounds=2, picks=6, vocab=1000
+):
     """A synthetic tree of the paper's shape: ``chains`` trajectories of 3-4 turns (model
     tokens, then a tool result before the next turn), then ``rounds`` x ``picks`` branches,
-    each from a random inner turn, re-sampled from there to the end."""
+    each from a random inner turn, re-sampled from there to the end. Token ids in
+    ``[3, vocab)``."""
     from rlpt_jax.rollout.tree import Tree
 
-    vocab = 1000
     tree = Tree.new(0, rng.integers(3, vocab, prompt).tolist())
 
     def grow(parent: int, depth: int, last: int) -> None:

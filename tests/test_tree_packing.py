@@ -89,11 +89,31 @@ def _random_tree(rng, prompt_len: int, nodes: int) -> Tree:
     return tree
 
 
-def _batches(seed: int, trees: int = 3):
-    """Random trees as flat rows laid out by tree (:func:`slots`, empty rows padding each
-    tree to the most leaves) and packed."""
+def _trees(rng, shape: str, trees: int) -> list[Tree]:
+    """``random``: small random trees; ``paper``: the paper's shape (M=10 chains of 3-4
+    turns, 2 rounds of 6 expansions: 22 leaves; ``bench/tree_train.py``), with a few tokens
+    per turn; ``hand``: the hand-built tree."""
+    if shape == "hand":
+        return [_hand_tree() for _ in range(trees)]
+    if shape == "paper":
+        import importlib.util
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parents[1] / "bench" / "tree_train.py"
+        spec = importlib.util.spec_from_file_location("tree_train", path)
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        return [bench.paper_tree(rng, prompt=5, turn=3, tool=4, vocab=VOCAB) for _ in range(trees)]
+    return [
+        _random_tree(rng, int(rng.integers(2, 7)), int(rng.integers(2, 9))) for _ in range(trees)
+    ]
+
+
+def _batches(seed: int, trees: int = 3, shape: str = "random"):
+    """Trees (``_trees``) as flat rows laid out by tree (:func:`slots`, empty rows padding
+    each tree to the most leaves) and packed."""
     rng = np.random.default_rng(seed)
-    ts = [_random_tree(rng, int(rng.integers(2, 7)), int(rng.integers(2, 9))) for _ in range(trees)]
+    ts = _trees(rng, shape, trees)
     flat = flatten(ts, [np.zeros(len(t.nodes)) for t in ts], pad_id=0)
     length = max(sum(n.num_tokens for n in t.nodes) for t in ts)
     packed = pack(ts, pad_id=0, length=length, flat_length=flat.tokens.shape[1])
@@ -143,19 +163,23 @@ def test_packing_computes_fewer_tokens_than_the_flat_rows():
     assert int(packed.gather.max()) < packed.tokens.shape[1]
 
 
-UPDATE_CASES = [  # (loss, per-leaf advantages (GRPO on a tree), micro-batches, attention, mesh)
-    ("atpo", False, 1, "xla", False),
-    ("atpo", False, 2, "blockwise", False),
-    ("grpo", True, 1, "blockwise", False),
-    ("grpo", True, 2, "xla", False),
-    ("gspo", False, 1, "xla", False),
-    ("gspo", False, 2, "blockwise", False),
-    ("atpo", False, 1, "blockwise", True),
+UPDATE_CASES = [  # (loss, per-leaf advantages (GRPO on a tree), micro-batches, attention,
+    # sharded, tree shape)
+    ("atpo", False, 1, "xla", False, "random"),
+    ("atpo", False, 2, "blockwise", False, "random"),
+    ("grpo", True, 1, "blockwise", False, "random"),
+    ("grpo", True, 2, "xla", False, "random"),
+    ("gspo", False, 1, "xla", False, "random"),
+    ("gspo", False, 2, "blockwise", False, "random"),
+    ("atpo", False, 1, "blockwise", True, "random"),
+    ("atpo", False, 2, "blockwise", False, "paper"),
+    ("grpo", True, 1, "xla", False, "paper"),
+    ("gspo", False, 2, "xla", False, "hand"),
 ]
 
 
-@pytest.mark.parametrize("loss,per_leaf,micro,impl,sharded", UPDATE_CASES)
-def test_packed_update_step_equals_the_flat_one(loss, per_leaf, micro, impl, sharded):
+@pytest.mark.parametrize("loss,per_leaf,micro,impl,sharded,shape", UPDATE_CASES)
+def test_packed_update_step_equals_the_flat_one(loss, per_leaf, micro, impl, sharded, shape):
     """The update step on an RLBatch carrying its packed trees: the same loss, metrics
     (ratios, clipping, KL, entropy) and parameter update as on the flat rows alone, with
     micro-batches of whole trees, and sharded (data 2 x fsdp 2 x tensor 2: the trees and rows
@@ -171,7 +195,7 @@ def test_packed_update_step_equals_the_flat_one(loss, per_leaf, micro, impl, sha
     from rlpt_jax.train import steps as ST
 
     cfg = tiny_llama_config(VOCAB, attention=impl, attention_block=4)
-    flat, packed = _batches(7, trees=4)
+    flat, packed = _batches(7, trees=4, shape=shape)
     rng = np.random.default_rng(7)
     mask = flat.loss_mask
     model = init_model(cfg, 0)
