@@ -27,18 +27,12 @@ def tiny_model(tmp_path_factory):
     """A 2-layer random Llama with the embedded SmolLM2 tokenizer, as a Hugging Face folder:
     the `tiny` configs' runs with ``--config.model.path`` set to it take seconds instead of
     the real 135M model's minutes on a 2-core CPU."""
-    from hf_fixtures import tiny_llama_config
+    from hf_fixtures import tiny_smollm2_config
     from rlpt_jax.models.decoder import init_model
     from rlpt_jax.models.embedded import smollm2_dir
     from rlpt_jax.models.hf_io import export_hf
 
-    cfg = tiny_llama_config(
-        vocab_size=49152,
-        bos_token_id=1,
-        eos_token_ids=(2,),
-        pad_token_id=2,
-        max_position_embeddings=2048,
-    )
+    cfg = tiny_smollm2_config()
     out = tmp_path_factory.mktemp("tiny_model")
     return export_hf(init_model(cfg, 0), out, tokenizer_dir=smollm2_dir())
 

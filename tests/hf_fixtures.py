@@ -25,6 +25,19 @@ def tiny_llama_config(vocab_size: int = 32, **overrides):
     return ModelConfig(**{**fields, **overrides})
 
 
+def tiny_smollm2_config(**overrides):
+    """``tiny_llama_config`` with the embedded SmolLM2 tokenizer's vocabulary and special
+    tokens, for a random model that runs with that tokenizer (exported next to it)."""
+    fields = dict(
+        vocab_size=49152,
+        bos_token_id=1,
+        eos_token_ids=(2,),
+        pad_token_id=2,
+        max_position_embeddings=2048,
+    )
+    return tiny_llama_config(**{**fields, **overrides})
+
+
 def hf_greedy(hf, prompt: list[int], max_new_tokens: int) -> np.ndarray:
     """transformers' greedy ``generate`` continuation of one prompt (new token ids only)."""
     import torch

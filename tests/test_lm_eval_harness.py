@@ -111,18 +111,12 @@ def exported(tmp_path_factory):
     """A tiny random Llama with the embedded SmolLM2 tokenizer, in memory and as the
     Hugging Face folder (``hf_export``) that our exporter writes."""
     _require_lm_eval()
-    from hf_fixtures import tiny_llama_config
+    from hf_fixtures import tiny_smollm2_config
     from rlpt_jax.models.decoder import init_model
     from rlpt_jax.models.embedded import smollm2_dir
     from rlpt_jax.models.hf_io import export_hf
 
-    cfg = tiny_llama_config(
-        vocab_size=49152,
-        bos_token_id=1,
-        eos_token_ids=(2,),
-        pad_token_id=2,
-        max_position_embeddings=2048,
-    )
+    cfg = tiny_smollm2_config()
     model = _sharpen(init_model(cfg, 0))
     out = tmp_path_factory.mktemp("run") / "hf_export"
     export_hf(model, out, tokenizer_dir=smollm2_dir())
