@@ -267,6 +267,52 @@ def test_embedded_cache(tmp_path, monkeypatch, built):
         embedded_qa("validation", cache=tmp_path)
 
 
+# --------------------------------------------------------------------------- pairs
+
+
+def test_embedded_pairs_ask_two_questions_of_one_split():
+    from rlpt_jax.rewards.qa import exact_match
+    from rlpt_jax.train.methods import load_questions
+
+    singles = {s: {ex.id: ex for ex in embedded_qa(s)} for s in qa.SPLITS}
+    for split in qa.SPLITS:
+        pairs = qa.embedded_pairs(split)
+        assert pairs == qa.embedded_pairs(split)  # deterministic
+        assert [p.id for p in pairs] != [p.id for p in qa.embedded_pairs(split, seed=1)]
+        used = [part.id for p in pairs for part in p.parts]
+        assert len(used) == len(set(used)) and set(used) <= set(singles[split])
+        assert len(pairs) >= 0.45 * len(singles[split])
+        for p in pairs:
+            first, second = p.parts
+            assert p.dataset == qa.PAIRS_DATASET and p.question.count(MASK) >= 2
+            for part in p.parts:  # each sentence quoted whole, no answer given away
+                assert part.question.split('"')[1] in p.question
+                for gold in part.golden_answers:
+                    assert f" {normalize_answer(gold)} " not in f" {normalize_answer(p.question)} "
+            a, b = first.golden_answers[0], second.golden_answers[0]
+            assert p.golden_answers[0] == f"{a} and {b}"
+            assert exact_match(f"{a.lower()} and the {b}", p.golden_answers) == 1.0
+            assert exact_match(f"{b} and {a}", p.golden_answers) == 0.0
+            assert exact_match(a, p.golden_answers) == 0.0
+    assert load_questions("embedded_pairs:test", "train") == qa.embedded_pairs("test")
+    assert load_questions("embedded_pairs", "dev") == qa.embedded_pairs("dev")
+
+
+def test_embedded_pairs_drop_a_question_the_other_gives_away(monkeypatch):
+    def question(title, sentence):
+        text = qa.QUESTION_TEMPLATE.format(sentence=sentence)
+        return QAExample(f"wiki-{title.lower()}", text, (title,), EMBEDDED_DATASET)
+
+    france = question("France", "___ is a country in Western Europe with many regions.")
+    river = question("Loire", "The ___ is the longest river in France by far.")
+    moon = question("Moon", "The ___ is the only natural satellite of the Earth.")
+    monkeypatch.setattr(qa, "embedded_qa", lambda split: [france, river])
+    assert qa.embedded_pairs("test") == []  # "France" would be in the river's sentence
+    monkeypatch.setattr(qa, "embedded_qa", lambda split: [france, moon])
+    (pair,) = qa.embedded_pairs("test")
+    assert set(pair.parts) == {france, moon}
+
+
 # --------------------------------------------------------------------------- FanOutQA
 
 

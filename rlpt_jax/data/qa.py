@@ -13,6 +13,9 @@ Every source yields :class:`QAExample` ``(id, question, golden_answers, dataset)
   answerable with the BM25 search tool over the same intros (see
   :func:`embedded_question` for the exact recipe). Built once, seeded, and cached as
   jsonl under ``cache_dir()/embedded_qa-v1/``.
+* :func:`embedded_pairs` — two questions of one split of the embedded set asked at once
+  (name both articles), so that a trajectory needs a search per sentence: the CPU stand-in
+  for multi-hop questions, on which AT²PO's trees branch mid-trajectory.
 * :func:`fanoutqa_dev` — the 310 FanOutQA dev questions (multi-hop, list- and
   table-valued answers), read from the installed ``fanoutqa`` package's JSON file.
 """
@@ -54,6 +57,11 @@ __all__ = [
     "masked_sentence",
     "build_embedded_qa",
     "embedded_qa",
+    "PAIRS_DATASET",
+    "PAIR_TEMPLATE",
+    "MAX_PAIR_ANSWERS",
+    "pair_question",
+    "embedded_pairs",
     "FANOUTQA_DATASET",
     "fanoutqa_answer_text",
     "fanoutqa_answer_parts",
@@ -81,6 +89,9 @@ class QAExample:
     question: str
     golden_answers: tuple[str, ...]
     dataset: str
+    # The single-search questions a multi-search one is made of (the embedded pairs'
+    # two), in the order their answers are joined; empty otherwise. Not in the jsonl.
+    parts: tuple[QAExample, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
     def __post_init__(self):
         if isinstance(self.golden_answers, list):
@@ -401,11 +412,15 @@ def embedded_question(title: str, text: str, segmenter: Any | None = None) -> QA
 def masked_sentence(example: QAExample) -> str:
     """The masked sentence inside an embedded question (the BM25 check's query, with
     the mask removed)."""
+    return " ".join(_quoted_sentence(example).replace(MASK, " ").split())
+
+
+def _quoted_sentence(example: QAExample) -> str:
+    """The sentence an embedded question quotes, mask included."""
     prefix, _, rest = QUESTION_TEMPLATE.partition("{sentence}")
     if not example.question.startswith(prefix) or not example.question.endswith(rest):
         raise ValueError(f"{example.id} is not an embedded question: {example.question!r}")
-    sentence = example.question[len(prefix) : len(example.question) - len(rest)]
-    return " ".join(sentence.replace(MASK, " ").split())
+    return example.question[len(prefix) : len(example.question) - len(rest)]
 
 
 def _split_of(title: str) -> str:
@@ -565,6 +580,60 @@ def embedded_qa(
             f"bad lines, meta.json says {expected}; delete the folder to rebuild"
         )
     return examples
+
+
+# --------------------------------------------------------------------------- pairs
+
+PAIRS_DATASET = "embedded_pairs"
+PAIR_TEMPLATE = (
+    "Which two Wikipedia articles begin with these sentences, where ___ replaces each "
+    'title? Answer "<first title> and <second title>". 1: "{first}" 2: "{second}"'
+)
+MAX_PAIR_ANSWERS = 16  # accepted spellings of a pair (products of each part's answers)
+
+
+def pair_question(first: QAExample, second: QAExample) -> QAExample:
+    """One question asking for both articles of two embedded questions.
+
+    Golden answers: ``"<a> and <b>"`` for the answers ``a`` of ``first`` and ``b`` of
+    ``second`` (their first answers first, at most :data:`MAX_PAIR_ANSWERS`). The id is
+    ``"pair-"`` + both ids' hex digits; ``parts`` holds the two questions.
+    """
+    sentences = [_quoted_sentence(q) for q in (first, second)]
+    golds = [f"{a} and {b}" for a in first.golden_answers for b in second.golden_answers]
+    return QAExample(
+        id=f"pair-{first.id.removeprefix('wiki-')}-{second.id.removeprefix('wiki-')}",
+        question=PAIR_TEMPLATE.format(first=sentences[0], second=sentences[1]),
+        golden_answers=tuple(golds[:MAX_PAIR_ANSWERS]),
+        dataset=PAIRS_DATASET,
+        parts=(first, second),
+    )
+
+
+def embedded_pairs(split: str, seed: int = 0) -> list[QAExample]:
+    """The embedded questions of ``split`` in pairs (:func:`pair_question`).
+
+    The split's questions are shuffled with ``seed`` and paired in that order, each
+    used at most once, so a split of ``n`` questions gives about ``n // 2`` pairs drawn
+    from that split only: the test pairs share no article with the train ones. A
+    question whose answer the other's sentence would give away (``"___ is a river in
+    France"`` next to the article ``France``) is dropped instead.
+    """
+    questions = embedded_qa(split)
+    order = random.Random(f"pairs-{split}-{seed}").sample(questions, len(questions))
+    pairs: list[QAExample] = []
+    pending: QAExample | None = None
+    for q in order:
+        if pending is None:
+            pending = q
+            continue
+        pair = pair_question(pending, q)
+        if not any(
+            _contains_phrase(pair.question, g) for g in (*pending.golden_answers, *q.golden_answers)
+        ):
+            pairs.append(pair)
+            pending = None
+    return pairs
 
 
 # --------------------------------------------------------------------------- FanOutQA

@@ -238,7 +238,8 @@ class QAConfig:
     """Questions and the answer check for AT²PO.
 
     ``reward="em"`` (the paper): ``train`` and ``eval`` are QA dataset names
-    (``embedded``, ``fanoutqa``) or FlashRAG jsonl paths, and the boxed answer is scored
+    (``embedded``, ``embedded_pairs``, ``fanoutqa``, with a ``:<split>`` for the embedded
+    ones) or FlashRAG jsonl paths, and the boxed answer is scored
     by exact match. ``reward="math"``: ``train`` and ``eval`` are math problem sources as
     RLVR reads them (a jsonl with ``problem`` and ``answer``, or a reasoning-gym generator
     ``rg:<name>[:key=value,...]``; ``qa.math`` sizes them), held out: ``qa.math.heldout``

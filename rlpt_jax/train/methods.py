@@ -531,25 +531,34 @@ class MathAnswers:
 
 def _is_named_set(name: str) -> bool:
     """Whether ``name`` is a built-in QA set rather than a jsonl path."""
-    return name in ("embedded", "fanoutqa") or name.startswith("embedded:")
+    return name.partition(":")[0] in _EMBEDDED_SETS or name == "fanoutqa"
+
+
+_EMBEDDED_SETS = ("embedded", "embedded_pairs")
 
 
 def load_questions(name: str, split: str) -> Sequence:
-    """A QA dataset by name (``embedded``, ``fanoutqa``) or FlashRAG jsonl path.
+    """A QA dataset by name (``embedded``, ``embedded_pairs``, ``fanoutqa``) or FlashRAG
+    jsonl path.
 
     ``embedded`` gives the embedded set's ``split``; ``embedded:<split>`` names one
-    (``embedded:test``, the untouched split for final comparisons).
+    (``embedded:test``, the untouched split for final comparisons). ``embedded_pairs``
+    and ``embedded_pairs:<split>`` are the same splits' questions asked two at a time
+    (:func:`rlpt_jax.data.qa.embedded_pairs`: two searches per answer).
     """
     from rlpt_jax.data import qa
 
-    if name == "embedded" or name.startswith("embedded:"):
-        return qa.embedded_qa(name.partition(":")[2] or split)
+    base, _, named_split = name.partition(":")
+    if base in _EMBEDDED_SETS:
+        load = qa.embedded_qa if base == "embedded" else qa.embedded_pairs
+        return load(named_split or split)
     if name == "fanoutqa":
         return qa.fanoutqa_dev()
     path = Path(name)
     if not path.is_file():
         raise FileNotFoundError(
-            f"QA dataset {name!r} is neither 'embedded', 'fanoutqa' nor an existing jsonl file"
+            f"QA dataset {name!r} is neither 'embedded', 'embedded_pairs', 'fanoutqa' nor an "
+            "existing jsonl file"
         )
     examples, _ = qa.load_qa_jsonl(path)  # the loader warns about skipped lines itself
     return examples
