@@ -162,3 +162,38 @@ def test_at2po_demonstrations_follow_the_protocol(embedded_model_dir):
         searches.append(untrained.count("<result>"))
     assert len(searches) >= 20
     assert 1 in searches and 2 in searches  # some first searches miss
+
+
+def test_pair_demonstrations_search_each_sentence_then_name_both(embedded_model_dir):
+    """An embedded pair's trajectory: a search per sentence (a weak first query may add
+    one), the real results masked, then both titles joined as the golden answer is."""
+    from rlpt_jax.data import qa
+    from rlpt_jax.envs.search import BM25Search
+    from rlpt_jax.envs.search_env import SearchEnv, SearchEnvConfig
+    from rlpt_jax.envs.tags import check_format
+    from rlpt_jax.rewards.qa import exact_match
+    from rlpt_jax.rollout.at2po import demonstration, prompt_ids
+
+    tok = Tokenizer(embedded_model_dir)
+    env = SearchEnv(BM25Search(), SearchEnvConfig(topk=2, max_chars=300))
+    searches = []
+    for i, pair in enumerate(qa.embedded_pairs("train")[:12]):
+        demo = demonstration(tok, True, env, pair, "Answer.", weak_first=i % 2 == 0)
+        if demo is None:
+            continue
+        ids, mask = demo
+        prompt = prompt_ids(tok, True, pair.question, "Answer.")
+        response = tok.decode(ids[len(prompt) :])
+        assert check_format(response) == (True, "ok"), response
+        trained = tok.decode([t for t, m in zip(ids, mask) if m])
+        queries = [q.split("</search>")[0] for q in trained.split("<search>")[1:]]
+        queries = [" ".join(q.split()) for q in queries]
+        first, second = (qa.masked_sentence(part) for part in pair.parts)
+        # the first sentence, or its last three words (a weak query that can hit), then
+        # the whole second sentence (the mask left out)
+        assert queries[0] in (first, " ".join(first.split()[-3:])) and queries[-1] == second
+        boxed = trained.rsplit("\\boxed{", 1)[1].split("}")[0]
+        assert boxed == pair.golden_answers[0] and exact_match(boxed, pair.golden_answers)
+        searches.append(len(queries))
+    assert len(searches) >= 10
+    assert 2 in searches and 3 in searches  # a weak first query that missed adds a search

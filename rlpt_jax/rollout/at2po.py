@@ -534,33 +534,50 @@ def demonstration(
     last three words, which often misses, and a second search follows. A search hits when
     a page titled with the gold answer comes back; ``None`` when none did (no
     demonstration teaches answering without evidence).
+
+    A question made of ``parts`` (the embedded pairs) searches each part's sentence in
+    turn (``weak_first`` weakens the first part's first query only) and answers their
+    titles joined by " and ", as the pair's golden answer is written.
     """
-    sentence = _quoted(question.question)
-    gold = question.golden_answers[0]
-    queries = [" ".join(sentence.split()[-3:]), sentence] if weak_first else [sentence]
+    parts = question.parts or (question,)
     ids = prompt_ids(tok, use_chat, question.question, system_prompt)
     mask = [0] * len(ids)
     think = "<think> I should look up the sentence. </think>\n"
-    calls = 0
-    for query in queries:
-        turn = f"{think}<search> {query} </search>"
-        step = env.step(turn, calls)
-        if step.outcome != "search":
+    if len(parts) > 1:
+        think = "<think> I should look up the first sentence. </think>\n"
+    calls, found = 0, []
+    for k, part in enumerate(parts):
+        sentence = _quoted(part.question)
+        gold = part.golden_answers[0]
+        weak = weak_first and k == 0
+        queries = [" ".join(sentence.split()[-3:]), sentence] if weak else [sentence]
+        for query in queries:
+            turn = f"{think}<search> {query} </search>"
+            step = env.step(turn, calls)
+            if step.outcome != "search":
+                return None
+            calls = step.tool_calls
+            model = tok.encode(turn)
+            result = tok.encode(step.append_text)
+            ids += model + result
+            mask += [1] * len(model) + [0] * len(result)
+            if f": {gold}\n" in step.append_text:  # a page titled with the answer came back
+                found.append(gold)
+                think = (
+                    f"<think> The first article is {gold}. Now I look up the second sentence. "
+                    "</think>\n"
+                )
+                break
+            think = "<think> That search missed; I will search the whole sentence. </think>\n"
+        else:
             return None
-        calls = step.tool_calls
-        model = tok.encode(turn)
-        result = tok.encode(step.append_text)
-        ids += model + result
-        mask += [1] * len(model) + [0] * len(result)
-        if f": {gold}\n" in step.append_text:  # a page titled with the answer came back
-            answer = (
-                f"<think> The page that begins this way is {gold}. </think>\n"
-                f"<answer> \\boxed{{{gold}}} </answer>"
-            )
-            model = tok.encode(answer) + [tok.eos_ids[0]]
-            return ids + model, mask + [1] * len(model)
-        think = "<think> That search missed; I will search the whole sentence. </think>\n"
-    return None
+    if len(parts) == 1:
+        reason = f"The page that begins this way is {found[0]}."
+    else:
+        reason = "The pages that begin this way are " + " and ".join(found) + "."
+    answer = f"<think> {reason} </think>\n<answer> \\boxed{{{' and '.join(found)}}} </answer>"
+    model = tok.encode(answer) + [tok.eos_ids[0]]
+    return ids + model, mask + [1] * len(model)
 
 
 def _quoted(question: str) -> str:
