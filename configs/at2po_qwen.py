@@ -22,7 +22,8 @@ Run (from the repository root):
 
 Variants: ``qwen3_4b`` (default), ``qwen3_8b``, ``qwen2_5_7b`` (the paper's 3
 backbones), ``grpo``, ``dapo``, ``gspo`` (chain baselines), ``random_tree`` (Tree-GRPO),
-``random_tree_atpo``, ``tree_vanilla`` (ablations), ``cpu``, ``tiny`` (tests),
+``random_tree_atpo``, ``tree_vanilla`` (ablations), ``cpu``, ``cpu_pairs`` (two questions
+at once, two searches per answer), ``tiny`` (tests),
 ``math_python``, ``math_python_tiny`` (math/python, below). The rows of the paper's
 ablation (Table 2, Qwen3-4B multi-hop): random tree + GRPO loss = ``random_tree``; +
 ATPO loss = ``random_tree_atpo``; + entropy-guided expansion = ``tree_vanilla``; +
@@ -96,6 +97,7 @@ VARIANTS = (
     "random_tree_atpo",
     "tree_vanilla",
     "cpu",
+    "cpu_pairs",
     "tiny",
     "math_python",
     "math_python_tiny",
@@ -340,8 +342,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "grpo", "dapo", "gspo", "random_tree", "random_tree_atpo", "tree_vanilla", "math_python"
     ):  # fmt: skip
         c.model.arch = "qwen3-4b"
-    if variant in ("cpu", "tiny", "math_python_tiny"):
-        cpu = variant == "cpu"
+    if variant in ("cpu", "cpu_pairs", "tiny", "math_python_tiny"):
+        cpu = variant in ("cpu", "cpu_pairs")
         common.embedded_cpu(c)
         c.search.backend = "bm25"
         c.search.url = placeholder(str)  # a URL is an error with bm25: set backend=http too
@@ -387,8 +389,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
         c.checkpoint.save_every = 3 if cpu else 1
         c.eval.at_start = cpu  # the summary shows before and after RL
-    if variant in ("cpu", "tiny"):
-        cpu = variant == "cpu"
+    if variant in ("cpu", "cpu_pairs", "tiny"):
+        cpu = variant in ("cpu", "cpu_pairs")
         # Cold start: SFT on protocol trajectories of the train questions (think, search,
         # the real BM25 results, answer), so that a 135M model follows the protocol.
         c.cold_start = dict(
@@ -407,6 +409,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ),
             eval=dict(every=0, num_prompts=0),
         )
+    if variant == "cpu_pairs":
+        # [ours] Two embedded questions asked at once (name both articles): a trajectory
+        # searches twice, so the trees branch mid-trajectory (at the second search), where
+        # the single questions' trajectories (search, answer) make every expansion a new
+        # chain. Sized by the cold-start demonstrations: 430 response tokens at the median,
+        # 630 at most (prompt ~190).
+        c.qa.train = "embedded_pairs"
+        c.qa.eval = ("embedded_pairs",)
+        c.tree.max_response_tokens = 640
+        c.eval.max_new_tokens = 640
     if variant.startswith("math_python"):
         tiny = variant == "math_python_tiny"
         # [ours] The math agent: Python instead of search, verifiable math problems.

@@ -21,6 +21,7 @@ VARIANTS = {
         "random_tree_atpo",
         "tree_vanilla",
         "cpu",
+        "cpu_pairs",
         "tiny",
         "math_python",
         "math_python_tiny",

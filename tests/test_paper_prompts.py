@@ -20,7 +20,7 @@ RLPT = _module("rlpt_qwen")
 PAPER_AT2PO = [
     v
     for v in VARIANTS["at2po_qwen"]
-    if v not in ("cpu", "tiny") and not (v or "").startswith("math_")
+    if v not in ("cpu", "cpu_pairs", "tiny") and not (v or "").startswith("math_")
 ]
 
 # AT²PO (arXiv 2601.04767), Fig. 6, laid out as the reference code's data preparation
@@ -104,7 +104,7 @@ def test_at2po_paper_variants_follow_the_paper_and_reference(variant):
     assert exp.env.stop_strings == ("</search>",)  # the EOS after </answer> is trained
 
 
-@pytest.mark.parametrize("variant", ["cpu", "tiny"])
+@pytest.mark.parametrize("variant", ["cpu", "cpu_pairs", "tiny"])
 def test_at2po_cpu_variants_keep_their_cold_start_prompt(variant):
     exp = from_config_dict(AT2PO.get_config(variant))
     assert exp.qa.system_prompt == AT2PO.SYSTEM_PROMPT
