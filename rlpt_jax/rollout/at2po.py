@@ -563,10 +563,11 @@ def demonstration(
             mask += [1] * len(model) + [0] * len(result)
             if f": {gold}\n" in step.append_text:  # a page titled with the answer came back
                 found.append(gold)
-                think = (
-                    f"<think> The first article is {gold}. Now I look up the second sentence. "
-                    "</think>\n"
-                )
+                if k + 1 < len(parts):  # pairs only: the next part's search follows
+                    think = (
+                        f"<think> The first article is {gold}. Now I look up the second "
+                        "sentence. </think>\n"
+                    )
                 break
             think = "<think> That search missed; I will search the whole sentence. </think>\n"
         else:
