@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,16 @@ def _module(path: Path):
 def _variants(path: Path) -> list[str]:
     """The variants a config file names in its docstring (``Variants: ``a``, ``b``.``)."""
     text = _module(path).__doc__.split("Variants:", 1)[1].split(".", 1)[0]
-    return [v for v in text.replace("``", " ").replace(",", " ").split() if v.isidentifier()]
+    return re.findall(r"``(\w+)``", text)  # the names only: prose in brackets is not a variant
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_docstring_variants_are_the_real_ones(path):
+    mod = _module(path)
+    named = _variants(path)
+    assert named, f"{path.name}: no ``variant`` names after 'Variants:' in the docstring"
+    if hasattr(mod, "VARIANTS"):
+        assert sorted(named) == sorted(mod.VARIANTS), f"{path.name}: docstring and VARIANTS differ"
 
 
 CASES = [(p, v) for p in CONFIGS for v in _variants(p)]
