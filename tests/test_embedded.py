@@ -1,7 +1,9 @@
 """The embedded SmolLM2: conversion from GGUF and logits against transformers."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +96,36 @@ def test_conversion_imports_neither_torch_nor_transformers(embedded_model_dir, t
     assert run.stdout.strip() == "[]"
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         assert (out / name).read_bytes() == (embedded_model_dir / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("other_first", [True, False])
+def test_concurrent_conversions_keep_one_complete_folder(tmp_path, monkeypatch, other_first):
+    """Two processes converting into one cache (parallel tests, compare.py's runs): the one
+    that finishes second keeps the first one's complete folder, whether it sees it before
+    moving its own (other_first) or only when the move fails, and never raises."""
+    from rlpt_jax.models import embedded
+
+    final = tmp_path / f"{embedded.NAME}-v{embedded._FORMAT_VERSION}"
+
+    def other_process_finishes():
+        final.mkdir()
+        (final / "theirs").write_text("x")
+        (final / ".complete").write_text("ok\n")
+
+    def fake_convert(_gguf, out):
+        (Path(out) / "ours").write_text("y")
+        if other_first:
+            other_process_finishes()
+
+    real_replace = os.replace
+
+    def replace_after_the_other(src, dst):
+        if not other_first and Path(dst) == final:
+            other_process_finishes()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(embedded, "convert", fake_convert)
+    monkeypatch.setattr(embedded.os, "replace", replace_after_the_other)
+    assert embedded.smollm2_dir(tmp_path, verbose=False) == final
+    assert sorted(p.name for p in final.iterdir()) == [".complete", "theirs"]
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]  # no temporary folder left

@@ -301,9 +301,15 @@ def smollm2_dir(cache_root: str | Path | None = None, verbose: bool = True) -> P
     try:
         convert(gguf_path, tmp)
         (tmp / ".complete").write_text("ok\n")
+        if (final / ".complete").is_file():
+            return final  # another process converted it meanwhile: keep theirs, drop ours
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            shutil.rmtree(final, ignore_errors=True)  # half-written (no .complete): a killed run
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / ".complete").is_file():  # not a concurrent conversion's result
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
