@@ -227,6 +227,7 @@ def test_once_is_a_plain_call_on_one_process():
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # three JAX processes: not beside another test (scripts/test.sh)
 @pytest.mark.parametrize(
     "config,asked,failed",
     [
