@@ -126,7 +126,9 @@ class TrainConfig:
     ``ntp_seq_len`` / ``ntp_batch_size``: sequence length and rows per step of the NTP
     baseline. ``kl_to_init``: log the KL to the initial policy every step (keeps a frozen
     copy of the initial weights; one extra forward). ``peak_tflops``: the devices' summed
-    peak, for the model-FLOP utilisation metric (None: not reported).
+    peak, for the model-FLOP utilisation metric (None: not reported). ``steps=0`` trains
+    nothing: the run only evaluates its start model (``eval.at_start`` must be on), e.g. the
+    cold start as a baseline arm of ``launch/compare.py``.
 
     ``tree_packing`` (AT²PO): the update step's forward packs each tree's unique tokens
     into one row under a tree mask, so that a prompt or turn shared by several leaves is
@@ -153,8 +155,8 @@ class TrainConfig:
     tree_packing: bool | None = None
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ExperimentConfigError(f"train.steps must be >= 1, got {self.steps}")
+        if self.steps < 0:
+            raise ExperimentConfigError(f"train.steps must be >= 0, got {self.steps}")
         if self.mini_batches < 1 or self.micro_batch_size < 0:
             raise ExperimentConfigError("train.mini_batches must be >= 1, micro_batch_size >= 0")
 
@@ -393,6 +395,11 @@ class ExperimentConfig:
         if self.method not in METHODS:
             raise ExperimentConfigError(
                 f"unknown method {self.method!r}; valid methods: {list(METHODS)}"
+            )
+        if self.train.steps == 0 and not self.eval.at_start:
+            raise ExperimentConfigError(
+                "train.steps=0 trains nothing and only evaluates the start model, so it "
+                "needs eval.at_start=True (e.g. a compare.py arm that measures the cold start)"
             )
 
 

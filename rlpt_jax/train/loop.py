@@ -198,6 +198,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         policy.set_params(state.params)
         before = _evaluate(data, policy, state.params, graphdef, workdir, 0, main)
         writer.write(0, before)
+        last = dict(before)  # a 0-step run evaluates its start model: these are its finals
     history: list[tuple[int, float]] = []
     outages = _OutageTracker(exp.outage)
     bar = tqdm(
@@ -312,8 +313,8 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
             tokenizer_dir=exp.model.resolve_tokenizer(),
         )
         log(f"[rlpt_jax] exported Hugging Face model to {out}")
-    if main and history:
-        _summary(history, last, key, before)
+    if main and (history or last):
+        _summary(history, last, key if history else "", before if history else {})
     (workdir / "final_metrics.json").write_text(
         json.dumps({k: (v if math.isfinite(v) else None) for k, v in last.items()}, indent=2)
     )
@@ -374,8 +375,10 @@ def _evaluate(data, policy, params, graphdef, workdir: Path, step: int, main: bo
 def _summary(
     history: list[tuple[int, float]], last: dict[str, float], key: str, before: dict[str, float]
 ) -> None:
-    """A text reward curve and the held-out metrics before (if measured) and after."""
-    print(f"\n{key} by step:")
+    """A text reward curve (if steps ran) and the held-out metrics before (if measured)
+    and after."""
+    if history:
+        print(f"\n{key} by step:")
     vals = [v for _, v in history if math.isfinite(v)]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
     for s, v in history:

@@ -201,6 +201,25 @@ def test_search_url_without_http_backend_is_an_error(variant):
     assert (search.backend, search.url) == ("http", "http://retriever:8000")
 
 
+def test_zero_steps_only_evaluates_and_needs_eval_at_start():
+    with pytest.raises(ExperimentConfigError, match=r"eval\.at_start=True"):
+        from_config_dict(_parse(AT2PO, "tiny", "--config.train.steps=0"))
+    exp = from_config_dict(
+        _parse(AT2PO, "tiny", "--config.train.steps=0", "--config.eval.at_start=True")
+    )
+    assert exp.train.steps == 0
+    with pytest.raises(ExperimentConfigError, match="train.steps must be >= 0"):
+        from_config_dict(_parse(AT2PO, "tiny", "--config.train.steps=-1"))
+
+
+def test_summary_of_a_zero_step_run_prints_its_evaluation(capsys):
+    from rlpt_jax.train.loop import _summary
+
+    _summary([], {"eval/em": 0.5, "kl_to_init": 0.0}, "", {})
+    out = capsys.readouterr().out
+    assert "by step" not in out and "eval/em" in out and "0.5000" in out
+
+
 # -- 5. every leaf of a config file's base stays overridable on every variant --------------
 
 
