@@ -11,6 +11,10 @@
     python launch/compare.py --spec=docs/results/rlpt_vs_ntp/spec.json \\
         --out=docs/results/rlpt_vs_ntp --report_only
 
+``--baseline=<arm>`` adds, under each metric's table, every other arm's difference from
+that arm paired by held-out example (e.g. the start model, an arm with ``train.steps=0
+eval.at_start=True``).
+
 ``--arm='name=configs/<file>.py:<variant> key=value ...'`` (repeatable): the overrides are
 ``--config.key=value`` of ``launch/train.py`` without the prefix; ``--override=key=value``
 (repeatable) applies to every arm, before the arm's own. Each run is
@@ -46,14 +50,22 @@ _BAND = flags.DEFINE_enum("band", "minmax", ["minmax", "std"], "curve band acros
 _RESAMPLES = flags.DEFINE_integer("resamples", 10_000, "bootstrap resamples")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "train nothing; report finished runs")
 _TITLE = flags.DEFINE_string("title", None, "report title (default: the --out folder name)")
+_BASELINE = flags.DEFINE_string(
+    "baseline", None, "an arm's name: report every other arm's difference from it per example"
+)
 flags.mark_flag_as_required("out")
 
 
 def _comparison():
-    """(arms, seeds, metrics) from --spec and the command line (the command line wins)."""
+    """(arms, seeds, metrics, baseline) from --spec and the command line (the command line
+    wins)."""
     from rlpt_jax import comparison
 
-    spec = comparison.load_spec(_SPEC.value) if _SPEC.value else {"arms": [], "seeds": None}
+    spec = (
+        comparison.load_spec(_SPEC.value)
+        if _SPEC.value
+        else {"arms": [], "seeds": None, "baseline": None}
+    )
     common = tuple(_OVERRIDE.value)
     arms = [comparison.Arm(a.name, a.config, common + a.overrides) for a in spec["arms"]]
     arms += [comparison.parse_arm(text, common) for text in _ARM.value]
@@ -61,7 +73,8 @@ def _comparison():
         seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else spec["seeds"] or [0]
     except ValueError as e:
         raise app.UsageError(f"--seeds must be integers, e.g. --seeds=0,1,2: {e}") from e
-    return arms, seeds, _METRICS.value or spec.get("metrics")
+    baseline = _BASELINE.value or spec["baseline"]
+    return arms, seeds, _METRICS.value or spec.get("metrics"), baseline
 
 
 def main(argv):
@@ -74,12 +87,14 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # matplotlib's font cache notes, at INFO
     try:
-        arms, seeds, metrics = _comparison()
+        arms, seeds, metrics, baseline = _comparison()
         comparison.check_comparison(arms, seeds)
+        if baseline:
+            comparison.check_baseline(arms, baseline)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from e
     try:
-        summary, failed = _compare(arms, seeds, metrics)
+        summary, failed = _compare(arms, seeds, metrics, baseline)
     except (RuntimeError, FileNotFoundError, KeyError) as e:  # no run finished, bad metric
         sys.exit(f"error: {e.args[0] if e.args else e}")
     out = os.path.join(_OUT.value, comparison.RESULTS_NAME)
@@ -88,7 +103,7 @@ def main(argv):
         sys.exit(f"{len(failed)} run(s) failed, see their train.log: {', '.join(failed)}")
 
 
-def _compare(arms, seeds, metrics):
+def _compare(arms, seeds, metrics, baseline):
     from rlpt_jax import comparison
 
     return comparison.compare(
@@ -102,6 +117,7 @@ def _compare(arms, seeds, metrics):
         train=not _REPORT_ONLY.value,
         title=_TITLE.value,
         command=shlex.join(["python", "launch/compare.py", *sys.argv[1:]]),
+        baseline=baseline,
     )
 
 

@@ -11,6 +11,10 @@ writes, in ``<out>``:
   seeds (sample std, ddof=1) and a 95% percentile-bootstrap CI of the mean; the arms; the
   runs with their wall time and exact ``launch/train.py`` commands; the git commit and
   the machine (CPU model, AVX-512 / AMX, GPUs) the runs were trained on.
+  With a ``baseline`` arm (``--baseline``, or the spec's ``"baseline"``), each metric's table
+  is followed by every other arm's difference from it, paired by held-out example
+  (:func:`paired_difference`): far tighter than two overlapping CIs when both arms answer
+  mostly the same examples alike.
 * ``summary.json``: every number of the report, plus the learning curves.
 * ``curve_<metric>.png``: x = step, the mean over seeds as a line and the min–max (or
   ±std) band across seeds, one colour per arm.
@@ -140,7 +144,7 @@ def parse_arm(text: str, common: Sequence[str] = ()) -> Arm:
 def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     """A spec file (module docstring) → ``{"arms": [Arm], "seeds": [...], "metrics": [...]}``."""
     spec = json.loads(Path(path).read_text())
-    unknown = set(spec) - {"arms", "seeds", "metrics", "overrides"}
+    unknown = set(spec) - {"arms", "seeds", "metrics", "overrides", "baseline"}
     if unknown:
         raise ValueError(f"{path}: unknown fields {sorted(unknown)}")
     common = tuple(spec.get("overrides", ()))
@@ -148,15 +152,24 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
         Arm(a["name"], a["config"], common + tuple(a.get("overrides", ())))
         for a in spec.get("arms", ())
     ]
-    return {"arms": arms, "seeds": spec.get("seeds"), "metrics": spec.get("metrics")}
+    return {
+        "arms": arms,
+        "seeds": spec.get("seeds"),
+        "metrics": spec.get("metrics"),
+        "baseline": spec.get("baseline"),
+    }
 
 
-def write_spec(out: Path, arms: Sequence[Arm], seeds: Sequence[int], metrics) -> Path:
+def write_spec(
+    out: Path, arms: Sequence[Arm], seeds: Sequence[int], metrics, baseline: str | None = None
+) -> Path:
     spec = {
         "seeds": list(seeds),
         "metrics": list(metrics) if metrics else None,
         "arms": [dataclasses.asdict(a) | {"overrides": list(a.overrides)} for a in arms],
     }
+    if baseline:
+        spec["baseline"] = baseline
     path = Path(out) / SPEC_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec, indent=2) + "\n")
@@ -418,6 +431,45 @@ def summarize_metric(
     return out | {"ci": ci, "ci_over": over if ci else None, "ci_units": n_units} | extra
 
 
+def example_means(runs: dict[int, dict[str, Any]], metric: str) -> np.ndarray | None:
+    """Per held-out example, the mean over seeds of its value at each seed's final point of
+    ``metric``; None unless every seed with a final point logged its examples there, all
+    of the same length."""
+    points = {s: p for s, r in runs.items() if (p := final_point(r, metric)) is not None}
+    values = [runs[s]["examples"].get(metric, {}).get(step) for s, (step, _) in points.items()]
+    if not values or any(v is None for v in values) or len({len(v) for v in values}) != 1:
+        return None
+    return np.stack(values).mean(axis=0)
+
+
+def paired_difference(
+    runs: dict[int, dict[str, Any]],
+    base_runs: dict[int, dict[str, Any]],
+    metric: str,
+    resamples: int = 10_000,
+) -> dict[str, Any] | None:
+    """An arm minus the baseline arm, paired by held-out example: per example, the arm's
+    seed mean minus the baseline's (the examples are the same in every run), their mean,
+    a percentile-bootstrap CI over examples, and how many examples are higher or lower.
+    None where either side has no per-example values or their counts differ."""
+    arm, base = example_means(runs, metric), example_means(base_runs, metric)
+    if arm is None or base is None or arm.shape != base.shape:
+        return None
+    d = arm - base
+    keep = np.isfinite(d)
+    d = d[keep]
+    if d.size < 2:
+        return None
+    return {
+        "mean": float(d.mean()),
+        "ci": list(bootstrap_ci(d, resamples=resamples)),
+        "examples": int(d.size),
+        "higher": int((d > 0).sum()),
+        "lower": int((d < 0).sum()),
+        "excluded_examples": int((~keep).sum()),
+    }
+
+
 def curves(runs: dict[int, dict[str, Any]], metric: str) -> dict[str, Any]:
     """Learning curves of ``metric``: the union of logged steps, and per seed its values
     at those steps (None where that seed did not log it)."""
@@ -441,8 +493,10 @@ def summarize(
     runs_dir: Path,
     metrics: Sequence[str] | None = None,
     resamples: int = 10_000,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
-    """Every number of the report, from the finished runs under ``runs_dir``."""
+    """Every number of the report, from the finished runs under ``runs_dir``; with
+    ``baseline`` (an arm's name), also every other arm's :func:`paired_difference` from it."""
     loaded = {
         a.name: {s: r for s in seeds if (r := load_run(run_dir(runs_dir, a, s))) is not None}
         for a in arms
@@ -464,7 +518,22 @@ def summarize(
             _summarize_arm(a, seeds, runs_dir, loaded[a.name], metrics, resamples) for a in arms
         ],
     }
+    if baseline:
+        check_baseline(arms, baseline)
+        summary["baseline"] = baseline
+        for arm in summary["arms"]:
+            if arm["name"] != baseline:
+                runs, base = loaded[arm["name"]], loaded[baseline]
+                arm["vs_baseline"] = {
+                    m: paired_difference(runs, base, m, resamples) for m in metrics
+                }
     return _jsonable(summary)
+
+
+def check_baseline(arms: Sequence[Arm], baseline: str) -> None:
+    names = [a.name for a in arms]
+    if baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not an arm; arms: {names}")
 
 
 def _summarize_arm(arm, seeds, runs_dir, runs, metrics, resamples) -> dict[str, Any]:
@@ -592,6 +661,34 @@ def format_table(summary: dict[str, Any], metric: str) -> str:
     return "\n".join(rows)
 
 
+def format_baseline_table(summary: dict[str, Any], metric: str) -> str | None:
+    """The markdown table of the arms' paired differences from the baseline in ``metric``
+    (None without a baseline)."""
+    baseline = summary.get("baseline")
+    if not baseline:
+        return None
+    rows = [
+        f"Difference from `{baseline}`, paired by held-out example (each example's mean over "
+        "seeds, arm minus baseline; 95% CI: percentile bootstrap over examples):",
+        "",
+        "| arm | difference | 95% CI | examples higher / lower / of |",
+        "|---|---|---|---|",
+    ]
+    for arm in summary["arms"]:
+        if arm["name"] == baseline:
+            continue
+        d = arm.get("vs_baseline", {}).get(metric)
+        if d is None:
+            rows.append(f"| {arm['name']} | – | – | no per-example values on both sides |")
+            continue
+        lo, hi = d["ci"]
+        rows.append(
+            f"| {arm['name']} | {d['mean']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | "
+            f"{d['higher']} / {d['lower']} / {d['examples']} |"
+        )
+    return "\n".join(rows)
+
+
 def _machine_text(m: dict[str, Any]) -> str:
     yes = {True: "yes", False: "no", None: "unknown"}
     gpus = ", ".join(m["gpus"]) or "none"
@@ -620,6 +717,8 @@ def format_results(summary: dict[str, Any]) -> str:
     ]
     for metric in summary["metrics"]:
         out += ["", f"## {metric}", "", format_table(summary, metric), ""]
+        if (paired := format_baseline_table(summary, metric)) is not None:
+            out += [paired, ""]
         out.append(f"![{metric}]({curve_file(metric)})")
     out += ["", "## Arms", "", "| arm | config | overrides |", "|---|---|---|"]
     for arm in summary["arms"]:
@@ -736,7 +835,9 @@ def load_summary(folder: str | os.PathLike) -> dict[str, Any]:
         return json.loads((folder / SUMMARY_NAME).read_text())
     if (folder / SPEC_NAME).is_file() and (folder / "runs").is_dir():
         spec = load_spec(folder / SPEC_NAME)
-        summary = summarize(spec["arms"], spec["seeds"], folder / "runs", spec["metrics"])
+        summary = summarize(
+            spec["arms"], spec["seeds"], folder / "runs", spec["metrics"], baseline=spec["baseline"]
+        )
         return summary | {"title": folder.name}
     raise FileNotFoundError(
         f"{folder} has no {SUMMARY_NAME} (nor {SPEC_NAME} and runs/); make one with "
@@ -759,6 +860,7 @@ def compare(
     train: bool = True,
     title: str | None = None,
     command: str | None = None,
+    baseline: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Train what is not finished (unless ``train=False``), then write the report.
 
@@ -767,12 +869,14 @@ def compare(
     out = Path(out).resolve()
     runs_dir = Path(runs_dir).resolve() if runs_dir else out / "runs"
     check_comparison(arms, seeds)
+    if baseline:
+        check_baseline(arms, baseline)
     out.mkdir(parents=True, exist_ok=True)
-    write_spec(out, arms, seeds, metrics)
+    write_spec(out, arms, seeds, metrics, baseline)
     failed = train_all(arms, seeds, runs_dir) if train else []
     if failed and len(failed) == len(arms) * len(seeds):
         raise RuntimeError(f"every run failed; see the train.log in {', '.join(failed)}")
-    summary = summarize(arms, seeds, runs_dir, metrics, resamples)
+    summary = summarize(arms, seeds, runs_dir, metrics, resamples, baseline)
     summary["title"] = title or out.name
     summary["reproduce"] = _reproduce(out, runs_dir)
     summary["command"] = command

@@ -106,7 +106,9 @@ def test_spec_file_round_trip(tmp_path):
     arms = [C.parse_arm("a=configs/rlpt_qwen.py:tiny method=ntp")]
     C.write_spec(tmp_path, arms, [0, 2], ["eval/x"])
     spec = C.load_spec(tmp_path / C.SPEC_NAME)
-    assert spec == {"arms": arms, "seeds": [0, 2], "metrics": ["eval/x"]}
+    assert spec == {"arms": arms, "seeds": [0, 2], "metrics": ["eval/x"], "baseline": None}
+    C.write_spec(tmp_path, arms, [0], None, baseline="a")
+    assert C.load_spec(tmp_path / C.SPEC_NAME)["baseline"] == "a"
 
 
 # ----------------------------------------------------------------------------- examples
@@ -198,6 +200,32 @@ def test_examples_of_only_some_seeds_fall_back_to_seeds(fake_runs):
     (fake_runs / "a" / "seed1" / C.EVAL_EXAMPLES_NAME).unlink()
     acc = C.summarize([ARM_A], [0, 1], fake_runs, [ACC])["arms"][0]["metrics"][ACC]
     assert acc["ci_over"] == "seeds" and acc["ci"] == list(C.bootstrap_ci([0.75, 0.5]))
+
+
+def test_paired_difference_from_a_baseline_arm(fake_runs):
+    # Arm c: one seed, per-example [0, 0, 1, 1] at its last step. Arm a's per-example seed
+    # means are [1, 0.5, 1, 0], so a - c = [1, 0.5, 0, -1]: mean 0.125, 2 higher, 1 lower.
+    _fake_run(fake_runs / "c" / "seed0", [{"step": 0, ACC: 0.5}], [(0, ACC, [0, 0, 1, 1])])
+    arm_c = C.Arm("c", "configs/rlpt_qwen.py:tiny", ("train.steps=0",))
+    s = C.summarize([arm_c, ARM_A, ARM_B], [0, 1], fake_runs, [ACC], baseline="c")
+    c, a, b = s["arms"]
+    assert s["baseline"] == "c" and "vs_baseline" not in c
+    assert a["vs_baseline"][ACC] == {
+        "mean": 0.125,
+        "ci": list(C.bootstrap_ci([1.0, 0.5, 0.0, -1.0])),
+        "examples": 4,
+        "higher": 2,
+        "lower": 1,
+        "excluded_examples": 0,
+    }
+    assert b["vs_baseline"][ACC] is None  # arm b logged no per-example values
+    md = C.format_results(s)
+    lo, hi = a["vs_baseline"][ACC]["ci"]
+    assert f"| a | +0.1250 | [{lo:+.4f}, {hi:+.4f}] | 2 / 1 / 4 |" in md
+    assert "| b | – | – | no per-example values on both sides |" in md
+    assert "Difference from `c`" in md
+    with pytest.raises(ValueError, match="baseline 'z' is not an arm"):
+        C.summarize([ARM_A], [0, 1], fake_runs, [ACC], baseline="z")
 
 
 def test_unknown_metric_is_an_error(fake_runs):
