@@ -663,9 +663,10 @@ def format_table(summary: dict[str, Any], metric: str) -> str:
 
 def format_baseline_table(summary: dict[str, Any], metric: str) -> str | None:
     """The markdown table of the arms' paired differences from the baseline in ``metric``
-    (None without a baseline)."""
+    (None without a baseline, or when no arm has one: a training metric, say)."""
     baseline = summary.get("baseline")
-    if not baseline:
+    others = [a for a in summary["arms"] if a["name"] != baseline]
+    if not baseline or all(a.get("vs_baseline", {}).get(metric) is None for a in others):
         return None
     rows = [
         f"Difference from `{baseline}`, paired by held-out example (each example's mean over "

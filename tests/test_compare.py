@@ -223,7 +223,9 @@ def test_paired_difference_from_a_baseline_arm(fake_runs):
     lo, hi = a["vs_baseline"][ACC]["ci"]
     assert f"| a | +0.1250 | [{lo:+.4f}, {hi:+.4f}] | 2 / 1 / 4 |" in md
     assert "| b | – | – | no per-example values on both sides |" in md
-    assert "Difference from `c`" in md
+    assert md.count("Difference from `c`") == 1  # not under reward/mean: no examples
+    s = C.summarize([arm_c, ARM_A], [0, 1], fake_runs, [ACC, "reward/mean"], baseline="c")
+    assert C.format_results(s).count("Difference from `c`") == 1
     with pytest.raises(ValueError, match="baseline 'z' is not an arm"):
         C.summarize([ARM_A], [0, 1], fake_runs, [ACC], baseline="z")
 
