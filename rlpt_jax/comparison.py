@@ -408,17 +408,24 @@ def default_metrics(runs: Sequence[dict[str, Any]]) -> list[str]:
     )
 
 
+def _final_points(runs: dict[int, dict[str, Any]], metric: str):
+    """``{seed: (step, value)}`` of each run's final point of ``metric``, and per seed the
+    per-example values logged at that step (None where none were)."""
+    points = {s: p for s, r in runs.items() if (p := final_point(r, metric)) is not None}
+    examples = [runs[s]["examples"].get(metric, {}).get(step) for s, (step, _) in points.items()]
+    return points, examples
+
+
 def summarize_metric(
     runs: dict[int, dict[str, Any]], metric: str, resamples: int = 10_000
 ) -> dict[str, Any]:
     """Final values over seeds: n, per-seed values, mean ± std, 95% CI and what it is over."""
-    points = {s: p for s, r in runs.items() if (p := final_point(r, metric)) is not None}
+    points, per_example = _final_points(runs, metric)
     out: dict[str, Any] = {"n": len(points), "values": {str(s): v for s, (_, v) in points.items()}}
     if not points:
         return out | {"mean": None, "std": None, "ci": None, "ci_over": None}
     finals = [v for _, v in points.values()]
     out["mean"], out["std"] = mean_std(finals)
-    per_example = [runs[s]["examples"].get(metric, {}).get(step) for s, (step, _) in points.items()]
     if all(v is not None for v in per_example):
         lengths = {len(v) for v in per_example}
         mat = np.stack(per_example) if len(lengths) == 1 else np.concatenate(per_example)[None]
@@ -435,8 +442,7 @@ def example_means(runs: dict[int, dict[str, Any]], metric: str) -> np.ndarray | 
     """Per held-out example, the mean over seeds of its value at each seed's final point of
     ``metric``; None unless every seed with a final point logged its examples there, all
     of the same length."""
-    points = {s: p for s, r in runs.items() if (p := final_point(r, metric)) is not None}
-    values = [runs[s]["examples"].get(metric, {}).get(step) for s, (step, _) in points.items()]
+    _, values = _final_points(runs, metric)
     if not values or any(v is None for v in values) or len({len(v) for v in values}) != 1:
         return None
     return np.stack(values).mean(axis=0)
