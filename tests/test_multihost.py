@@ -39,6 +39,14 @@ COMMON = (
     "--config.loss.entropy_coef=0.01",
 )
 
+# Metrics whose value is itself a rounding error: |sampler log-prob - training log-prob|
+# on the same weights. Its size is a float32 ulp of a log-prob (9.5e-7 near -10), and one
+# layout may round a token where the other does not (CI, Intel Xeon: 9.5e-7 in one
+# process, 0.0 in two), so relative equality is meaningless for them; both must stay at
+# rounding size (10 ulps) instead.
+ROUNDING_GAPS = ("train/old_logp_diff_max", "train/old_logp_diff_mean")
+GAP_ATOL = 1e-5
+
 # ``sitecustomize`` for every process of the test, before anything else runs. The random
 # model writes no tags, so that the judge and the retriever are asked at all, a response is
 # read as its own prediction (RLPT) and a first turn as a search for its own text (AT²PO),
@@ -257,7 +265,10 @@ def test_two_processes_equal_one(tmp_path, tiny_model, config, asked, failed):
     assert m2[0][failed] == 0.0  # process 1's broken service was never asked
     assert m1[0].keys() == m2[0].keys()
     for k in m1[0]:
-        np.testing.assert_allclose(m2[0][k], m1[0][k], rtol=1e-5, atol=1e-7, err_msg=k)
+        if k in ROUNDING_GAPS:
+            assert max(m1[0][k], m2[0][k]) <= GAP_ATOL, (k, m1[0][k], m2[0][k])
+        else:
+            np.testing.assert_allclose(m2[0][k], m1[0][k], rtol=1e-5, atol=1e-7, err_msg=k)
 
     w1, w2 = _weights(one / "hf_export"), _weights(two / "hf_export")
     assert w1.keys() == w2.keys()
