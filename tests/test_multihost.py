@@ -41,7 +41,7 @@ COMMON = (
 
 # Metrics whose value is itself a rounding error: |sampler log-prob - training log-prob|
 # on the same weights. Its size is a float32 ulp of a log-prob (9.5e-7 near -10), and one
-# layout may round a token where the other does not (CI, Intel Xeon: 9.5e-7 in one
+# layout may round a token where the other does not (a CI run: 9.5e-7 in one
 # process, 0.0 in two), so relative equality is meaningless for them; both must stay at
 # rounding size (10 ulps) instead.
 ROUNDING_GAPS = ("train/old_logp_diff_max", "train/old_logp_diff_mean")
