@@ -84,7 +84,8 @@ def part_jax(remat: bool, chunk: int, logits_remat: bool | None) -> dict:
     model = load_hf(smollm2_dir(verbose=False))
     cfg = model.cfg
     tx = S.make_optimizer(S.OptimConfig(learning_rate=1e-6, weight_decay=0.01))
-    state = S.create_train_state(model, tx)
+    # the layer layout the training loop gives this step: a list without remat
+    state = S.with_layers(S.create_train_state(model, tx), stacked=remat)
     del model
     step_cfg = ST.StepConfig(chunk=chunk, remat=remat, logits_remat=logits_remat)
     tokens, mask, adv = _batch_arrays(cfg.vocab_size)

@@ -48,7 +48,7 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,8 @@ class Checkpointer:
 
     ``layout`` names the structure of the state (see the module docstring): it is recorded
     with every step, and a step recorded with another one is refused on restore.
+    ``prepare``: applied to the state of every save that happens (not of the steps that
+    are not saved), to bring it to that structure; ``restore`` returns it as saved.
     """
 
     def __init__(
@@ -311,9 +313,11 @@ class Checkpointer:
         directory: str | os.PathLike,
         config: CheckpointConfig | None = None,
         layout: str | None = None,
+        prepare: Callable[[Any], Any] | None = None,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.layout = layout
+        self.prepare = prepare
         self.config = config or CheckpointConfig()
         cfg = self.config
         preserve: list[ocm.PreservationPolicy] = [ocm.LatestN(n=cfg.max_to_keep)]
@@ -387,7 +391,7 @@ class Checkpointer:
                     f"metrics given to save() lack best_metric {self.config.best_metric!r}; "
                     f"got {sorted(metrics)}"
                 )
-        encoded, impls = _encode_keys(state)
+        encoded, impls = _encode_keys(state if self.prepare is None else self.prepare(state))
         meta = {"format": _FORMAT, "key_impls": impls}
         # Orbax waits for the previous save before starting one; waiting here names that
         # save if it failed.

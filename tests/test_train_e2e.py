@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rlpt_jax.metrics import read_jsonl
@@ -84,6 +85,33 @@ def test_rlpt_tiny_two_steps(tmp_path):
 def test_ntp_baseline_tiny_two_steps(tmp_path):
     _train(tmp_path / "ntp", "configs/rlpt_qwen.py:tiny", "--config.method=ntp")
     _check_run(tmp_path / "ntp", 2, ("train/nll", "train/loss", "eval/heldout_nll"))
+
+
+@pytest.mark.slow
+def test_without_remat_the_run_trains_a_layer_list_and_saves_it_stacked(tmp_path):
+    """Without remat the loop trains a list of layers (state.with_layers, the faster update
+    step then) and checkpoints them stacked: the checkpoint's export equals the one the run
+    wrote from its list, and the run resumes with remat on."""
+    from safetensors.numpy import load_file
+
+    from rlpt_jax.checkpoint import read_manifest
+    from rlpt_jax.train.export import export_checkpoint
+    from rlpt_jax.train.state import STATE_LAYOUT
+
+    work = tmp_path / "ntp"
+    args = ("configs/rlpt_qwen.py:tiny", "--config.method=ntp")
+    _train(work, *args, "--config.model.remat=False")
+    assert read_manifest(work / "checkpoints" / "2")["layout"] == STATE_LAYOUT
+    out = export_checkpoint(work, step=2, out=tmp_path / "from_checkpoint")
+    want = load_file(work / "hf_export" / "model.safetensors")
+    got = load_file(out / "model.safetensors")
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    proc = _train(work, *args, "--config.model.remat=True", "--config.train.steps=3")
+    assert "resumed from step 2" in proc.stdout
+    steps = [r["step"] for r in read_jsonl(work / "metrics.jsonl")]
+    assert [s for s in steps if s > 0] == [1, 2, 3], steps
 
 
 def test_missing_checkpoint_path_is_a_clear_error(tmp_path):

@@ -228,6 +228,49 @@ def test_remat_does_not_change_the_step():
     )
 
 
+def test_a_list_of_layers_round_trips_and_updates_like_the_stack():
+    """state.with_layers: stacked -> list -> stacked returns the same parameters, Adam
+    moments, logical axes and graph; one update of the list (Decoder.hidden's layer loop, the
+    layout training uses without remat) equals one of the stack (the unrolled scan)."""
+    tx = S.make_optimizer(S.OptimConfig(learning_rate=1e-3))
+    b = _batch()
+    cfg = ST.StepConfig(chunk=4)
+    stacked, _ = _run(tx, b, cfg, n_steps=1)  # non-zero moments
+    as_list = S.with_layers(stacked, stacked=False)
+    assert isinstance(as_list.model().layers, nnx.List)
+    assert len(as_list.model().layers) == CFG.num_layers
+    assert S.with_layers(as_list, stacked=False) is as_list
+    axes = {p: v.get_metadata()["logical_axes"] for p, v in nnx.to_flat_state(as_list.params)}
+    assert axes[("layers", 1, "mlp", "gate_proj")] == ("embed", "mlp")
+    back = S.with_layers(as_list, stacked=True)
+    assert jax.tree.structure(back) == jax.tree.structure(stacked)
+    assert back.graphdef == stacked.graphdef
+    jax.tree.map(np.testing.assert_array_equal, back, stacked)
+    mu = as_list.opt_state[1][0].mu  # (clip, (adam, ...)): a moment follows its parameter
+    np.testing.assert_array_equal(
+        mu["layers"][1]["mlp"]["gate_proj"][...],
+        stacked.opt_state[1][0].mu["layers"]["mlp"]["gate_proj"][...][1],
+    )
+
+    # Weight decay follows the rank of one layer's parameter, in both layouts (a stacked
+    # norm's [L, D] once counted as rank 2 and was decayed).
+    for state, blocks in ((stacked, 1), (as_list, CFG.num_layers)):
+        flat = nnx.to_flat_state(S._decay_mask(state.params))
+        decays = {p: bool(v.get_value()) for p, v in flat}
+        assert sum(decays.values()) == 1 + 7 * blocks, decays  # embedding, 7 projections
+        assert not any(v for p, v in decays.items() if "norm" in str(p[-2:])), decays
+
+    step = ST.make_update_step(tx, ST.policy_objective(LossConfig()), cfg)
+    want, m_want = step(jax.tree.map(jnp.copy, stacked), b)  # the step donates its state,
+    got, m_got = step(as_list, b)  # whose counters and embedding the two layouts share
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=0),
+        _params_np(want),
+        _params_np(S.with_layers(got, stacked=True)),
+    )
+    np.testing.assert_allclose(m_want["loss"], m_got["loss"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("field", ["advantages", "old_logp"])
 def test_nonfinite_update_is_skipped_and_counted(field):
     tx = S.make_optimizer(S.OptimConfig(learning_rate=1e-2))

@@ -17,10 +17,15 @@ decode and forked branches:
   A padding query (position -1) writes an empty slot and its output is garbage that the
   caller ignores. Masked logits use a large finite negative so no row is ever NaN.
 
-Layers. Training holds the L layers as one ``Block`` with stacked [L, ...] parameters
-(``stacked_blocks``) and runs them with ``lax.scan``: nothing is stacked per step, and a
-rematerialised scan keeps only each layer's input (a Python-loop remat saves nothing on
-XLA:CPU, which merges the recomputation back into the forward pass). A cached forward
+Layers. A model holds the L layers as one ``Block`` with stacked [L, ...] parameters
+(``stacked_blocks``), the layout of checkpoints, and runs them with ``lax.scan``: nothing
+is stacked per step, and a rematerialised scan keeps only each layer's input (a
+Python-loop remat saves nothing on XLA:CPU, which merges the recomputation back into the
+forward pass). Without remat, training holds them as a list of blocks (``unstacked``;
+``rlpt_jax.train.state.with_layers``) and runs one layer at a time: a scan, or a loop over
+slices, of stacked weights copies every layer's weights for the backward pass and
+concatenates their gradients back (SmolLM2-135M, 8x256 tokens: +441 MB of XLA
+temporaries). A cached forward
 (prefill, decode) runs the same layer body one layer at a time over per-layer weights and
 per-layer cache arrays: the sampler holds its copy of the weights unstacked
 (``unstacked``, via ``rlpt_jax.sampling.engine.sampler_weights``), because on XLA:CPU a
@@ -323,11 +328,20 @@ class Block(nnx.Module):
 def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
     """One ``Block`` whose every parameter has a leading [L] axis (logical axis "layers"),
     the layers initialised one after another from ``rngs``."""
-    blocks = [Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(b) for b in blocks))
+    return stacked(nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)]))
+
+
+def stacked(layers: Block | nnx.List) -> Block:
+    """The inverse of ``unstacked``: a list of L blocks as one ``Block`` whose parameters
+    are the blocks' stacked along a new leading [L] axis (logical axis "layers"); a stacked
+    ``Block`` is returned as is."""
+    if not isinstance(layers, nnx.List):
+        return layers
+    blocks = list(layers)
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(b) for b in blocks))
     flat = [
         (path, var.replace(logical_axes=("layers", *var.get_metadata()["logical_axes"])))
-        for path, var in nnx.to_flat_state(stacked)
+        for path, var in nnx.to_flat_state(state)
     ]
     return nnx.merge(nnx.graphdef(blocks[0]), nnx.from_flat_state(flat))
 
@@ -437,7 +451,8 @@ class Decoder(nnx.Module):
 
         if cache is not None or isinstance(self.layers, nnx.List):
             # One layer at a time, each with its own weights and cache arrays (module
-            # docstring, "Layers"): the sampler's copy, or a stacked model sliced per call.
+            # docstring, "Layers"): the sampler's copy, training without remat, or a
+            # stacked model sliced per call.
             new_k, new_v = [], []
             run = nnx.remat(layer) if remat else layer
             for i, block in enumerate(unstacked(self.layers)):
@@ -455,7 +470,8 @@ class Decoder(nnx.Module):
 
             if remat:
                 body = jax.checkpoint(body)
-            # Without remat the scan is unrolled: a rolled one stacks every layer's residuals
+            # Without remat (a stacked model outside the training loop, which trains a list
+            # then) the scan is unrolled: a rolled one stacks every layer's residuals
             # through dynamic-update-slices and runs the step 15% slower on XLA:CPU
             # (bench/train_step.py, SmolLM2-135M 8x256: 182 vs 211 tok/s, Xeon 2 cores).
             x, _ = jax.lax.scan(body, x, layer_params, unroll=1 if remat else True)

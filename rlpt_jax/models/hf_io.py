@@ -313,7 +313,8 @@ def export_hf(
     """Write ``model`` as a Hugging Face folder (config, safetensors, tokenizer files).
 
     Weights keep the model's parameter dtype. Files larger than ``max_shard_bytes`` are split
-    into shards with a ``model.safetensors.index.json``, as ``transformers`` does.
+    into shards with a ``model.safetensors.index.json``, as ``transformers`` does. The
+    layers may be stacked or a list (``decoder.unstacked``).
     """
     cfg = model.cfg
     out = Path(out_dir)
@@ -323,10 +324,14 @@ def export_hf(
     mappings = tensor_mappings(cfg)
     for path, var in flat.items():  # one parameter on the host at a time
         value = _to_host(var.get_value())
+        layer = None  # the index of a layer held in a list (``decoder.unstacked``)
+        if path[0] == "layers" and isinstance(path[1], int):
+            layer, path = path[1], ("layers", *path[2:])
         for name, mp in mappings.items():
-            if mp.path == path:
-                part = value if mp.layer is None else value[mp.layer]
-                tensors[name] = np.ascontiguousarray(mp.to_hf(part))
+            if mp.path != path or layer not in (None, mp.layer):
+                continue
+            part = value if mp.layer is None or layer is not None else value[mp.layer]
+            tensors[name] = np.ascontiguousarray(mp.to_hf(part))
     tensors = {name: tensors[name] for name in mappings}  # Hugging Face's order
 
     shards: list[dict[str, np.ndarray]] = [{}]

@@ -227,12 +227,19 @@ def _compile_report(exp: ExperimentConfig, cfg: ModelConfig, mesh, p: Plan) -> d
       temporaries.
     """
     from rlpt_jax.batch import RLBatch
-    from rlpt_jax.train.state import create_train_state, make_optimizer, train_state_shardings
+    from rlpt_jax.train.state import (
+        create_train_state,
+        make_optimizer,
+        train_state_shardings,
+        with_layers,
+    )
     from rlpt_jax.train.steps import StepConfig, make_update_step, policy_objective
 
     cfg = cfg.replace(attention=planned_attention(exp))  # the step the planned run compiles
     tx = make_optimizer(exp.optim)
-    state = jax.eval_shape(lambda: create_train_state(_materialise(cfg), tx))
+    state = jax.eval_shape(  # the layer layout the run trains (train.loop)
+        lambda: with_layers(create_train_state(_materialise(cfg), tx), stacked=exp.model.remat)
+    )
     shardings = train_state_shardings(state, tx, mesh)
     rows, seq = p.micro_rows, p.seq
     spec = jax.ShapeDtypeStruct((rows, seq), np.int32)

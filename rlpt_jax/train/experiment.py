@@ -51,7 +51,8 @@ class ModelSpec:
     ``arch``: an architecture preset (``rlpt_jax.models.presets``) used by ``--dry_run``
     to plan a run before the checkpoint is at hand.
     ``tokenizer_path``: defaults to ``path``. ``remat``: per-layer rematerialisation in
-    the update step (less memory, ≈ one more forward of compute). ``batch_invariant``:
+    the update step (less memory, ≈ one more forward of compute); without it the run trains
+    the layers as a list (``state.with_layers``) and still saves them stacked. ``batch_invariant``:
     numerics under which the sampler's log-probs equal the update step's bit for bit
     (``ModelConfig.batch_invariant``; float32 on CPU), at ~30% slower sampling.
     ``attention``: ``"auto" | "xla" | "blockwise" | "cudnn" | "splash"``

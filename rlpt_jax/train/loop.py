@@ -56,6 +56,7 @@ from rlpt_jax.train.state import (
     create_train_state,
     make_optimizer,
     shard_train_state,
+    with_layers,
 )
 from rlpt_jax.train.steps import (
     StepConfig,
@@ -148,8 +149,27 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     if optim.schedule != "constant" and optim.total_steps is None:
         optim = dataclasses.replace(optim, total_steps=total)
     tx = make_optimizer(optim if isinstance(optim, OptimConfig) else OptimConfig(**optim))
-    state = create_train_state(model, tx)
+    state = create_train_state(model, tx)  # layers stacked, as checkpoints hold them
+    del model
     state, shardings = shard_train_state(state, tx, mesh)
+
+    # 5. Resume ------------------------------------------------------------------------
+    ckpt = ckpt_lib.Checkpointer(
+        workdir / "checkpoints",
+        exp.checkpoint,
+        STATE_LAYOUT,
+        prepare=lambda s: with_layers(s, stacked=True),
+    )
+    start = 0
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state = restored.state
+        start = int(restored.extra["step"])
+        data.stream.position = int(restored.extra["data_position"])
+        log(f"[rlpt_jax] resumed from step {start} (data position {data.stream.position})")
+        del restored  # its arrays are the state's: no second reference for the run
+    if not exp.model.remat:  # a list of layers: the faster update without remat (StepConfig)
+        state, shardings = shard_train_state(with_layers(state, stacked=False), tx, mesh)
     graphdef = state.graphdef
     objective = data.objective()
     rows_per_shard = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -173,15 +193,6 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
         use_chat_template=use_chat,
     )
 
-    # 5. Resume ------------------------------------------------------------------------
-    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", exp.checkpoint, STATE_LAYOUT)
-    start = 0
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-        state = restored.state
-        start = int(restored.extra["step"])
-        data.stream.position = int(restored.extra["data_position"])
-        log(f"[rlpt_jax] resumed from step {start} (data position {data.stream.position})")
     writer = metrics_lib.MetricsWriter(workdir)
 
     # 6. Loop --------------------------------------------------------------------------

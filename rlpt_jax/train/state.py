@@ -12,10 +12,12 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlpt_jax.models import decoder
 from rlpt_jax.parallel import TRAIN_RULES, Rules, state_shardings
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -88,7 +90,16 @@ def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
 
 
 def _decay_mask(params):
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
+    """True for the parameters weight decay applies to: rank >= 2 per layer, so a stacked
+    layer's [L, D] norm or [L, N, H] bias is not decayed (nor is it in a list of layers)."""
+
+    def decays(x):
+        if not isinstance(x, nnx.Variable):  # a plain array
+            return x.ndim >= 2
+        axes = x.get_metadata().get("logical_axes") or ()
+        return x.replace(x.get_value().ndim - (axes[:1] == ("layers",)) >= 2)
+
+    return jax.tree.map(decays, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
@@ -110,6 +121,7 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
 # tree (a renamed field, another parameter layout) so that older checkpoints are refused
 # with a message that says why. "stacked-layers": the decoder's layers as one Block of
 # [L, ...] parameters (commit a106610); before it, one Block per layer (none recorded).
+# A run that trains a list of layers (``with_layers``) saves them stacked.
 STATE_LAYOUT = "stacked-layers"
 
 
@@ -157,6 +169,76 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> T
         skipped=jnp.zeros((), jnp.int32),
         graphdef=graphdef,
     )
+
+
+def with_layers(state: TrainState, *, stacked: bool) -> TrainState:
+    """The same state with the decoder's layers stacked (one ``Block`` of [L, ...]
+    parameters: what ``lax.scan`` runs, and the layout of checkpoints) or as a list of L
+    blocks (what the update step runs without remat; ``Decoder.hidden``). Parameters and
+    the optimiser's per-parameter buffers are restacked alike, so the update that follows
+    is the same; already in that layout, ``state`` is returned as is. Re-shard the result
+    (``shard_train_state``): the list drops the "layers" logical axis."""
+    model = state.model()
+    is_list = isinstance(model.layers, nnx.List)
+    if is_list != stacked:
+        return state
+    n = model.cfg.num_layers
+    model.layers = decoder.stacked(model.layers) if stacked else decoder.unstacked(model.layers)
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def restack(x):
+        if isinstance(x, nnx.State) and "layers" in x:
+            return _restack(x, n, stacked)
+        return x
+
+    opt_state = jax.tree.map(restack, state.opt_state, is_leaf=lambda x: isinstance(x, nnx.State))
+    return state.replace(params=params, opt_state=opt_state, graphdef=graphdef)
+
+
+def _restack(tree: nnx.State, n: int, stacked: bool) -> nnx.State:
+    """A params-shaped ``nnx.State`` (an Adam moment, a mask) with its "layers" entries
+    stacked from ``("layers", i, ...)`` paths, or sliced into them."""
+    out, groups = [], {}
+    for path, leaf in nnx.to_flat_state(tree):
+        if path[0] != "layers":
+            out.append((path, leaf))
+        elif stacked:
+            groups.setdefault(path[2:], {})[path[1]] = leaf
+        else:
+            out.extend((("layers", i, *path[1:]), _layer_of(leaf, i)) for i in range(n))
+    for rest, by_layer in groups.items():
+        out.append((("layers", *rest), _stack_leaves([by_layer[i] for i in range(n)])))
+    return nnx.from_flat_state(out)
+
+
+def _value(leaf):
+    return leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+
+
+def _has_array(leaf) -> bool:  # optax's MaskedNode (a masked-out moment) holds none
+    return isinstance(_value(leaf), jax.Array | np.ndarray)
+
+
+def _layer_of(leaf, i: int):
+    """Layer ``i`` of a stacked flat-state leaf (an array or a Variable)."""
+    if not _has_array(leaf):
+        return leaf
+    if not isinstance(leaf, nnx.Variable):
+        return leaf[i]
+    axes = leaf.get_metadata().get("logical_axes")
+    return leaf.replace(leaf.get_value()[i], **({} if axes is None else {"logical_axes": axes[1:]}))
+
+
+def _stack_leaves(leaves: list):
+    """The leaves of layers 0..L-1 as one stacked leaf ("layers" first in logical axes)."""
+    first = leaves[0]
+    if not _has_array(first):
+        return first
+    value = jnp.stack([_value(x) for x in leaves])
+    if not isinstance(first, nnx.Variable):
+        return value
+    axes = first.get_metadata().get("logical_axes")
+    return first.replace(value, **({} if axes is None else {"logical_axes": ("layers", *axes)}))
 
 
 def _is_var(x) -> bool:

@@ -51,10 +51,10 @@ class StepConfig:
 
     ``micro_batches``: M, gradient accumulation steps per update (B must divide by M, and
     B/M by the mesh's batch shards). ``remat``: recompute each decoder layer in the
-    backward pass (less memory, ~1/3 more compute; see ``Decoder.hidden``). Without it the
-    stacked layers cost a copy of every layer's weights and of their gradients (SmolLM2-135M
-    on XLA:CPU: +441 MB of temporaries, ~15% slower than unstacked weights were, and
-    slower than with remat: 183 against 206 tok/s on a 2-core AMD EPYC; docs/results.md).
+    backward pass (less memory, ~1/3 more compute; see ``Decoder.hidden``). Without it,
+    give the step a state whose layers are a list (``state.with_layers``, as the training
+    loop does): stacked ones cost a copy of every layer's weights and of their gradients
+    (SmolLM2-135M on XLA:CPU: +441 MB of temporaries; docs/results.md).
     ``chunk``: tokens along T per chunk of the vocabulary projection. ``logits_remat``:
     recompute chunk logits in the backward pass rather than store them; None (default)
     follows ``remat``, so ``remat=True`` is the memory-lean setting throughout.
