@@ -10,9 +10,11 @@ Phases, in order:
    metric) are set up.
 3. **Data** — RLPT / NTP: corpus → cleaned documents → next-segment tasks (train and
    held-out split by document). AT²PO: QA questions, the search tool and environment.
-4. **Steps** — optimiser, ``TrainState`` sharded on the mesh, the jitted update and
-   log-prob steps.
-5. **Resume** — the latest good checkpoint in ``workdir`` (state, step, data position).
+4. **State** — optimiser, ``TrainState`` sharded on the mesh (layers stacked, as
+   checkpoints hold them).
+5. **Resume** — the latest good checkpoint in ``workdir`` (state, step, data position);
+   then, without remat, the layers become a list (``state.with_layers``), and the jitted
+   update and log-prob steps are built for that state.
 6. **Loop** — per step: rollout (sample → reward → advantages) or an NTP batch, π_old
    rescored by the training forward (``loss.old_logprobs``), the update(s), metrics;
    evaluation and checkpoints on schedule. A step whose retriever or judge failed too
@@ -143,7 +145,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, float]:
     for k, v in sorted(data.counts.items()):
         log(f"  data {k}: {v}")
 
-    # 4. Steps -------------------------------------------------------------------------
+    # 4. State -------------------------------------------------------------------------
     total = exp.train.steps * exp.train.mini_batches
     optim = exp.optim
     if optim.schedule != "constant" and optim.total_steps is None:
